@@ -1,0 +1,326 @@
+"""The deep Markov model and its structured inference network, as Pyro programs.
+
+Introduced in chapters 03 (the generative ``model``), 04 (the ``guide``) and
+05 (:class:`LinearGaussianDMM`); the Pyro objective for them is
+``pyro.infer.Trace_ELBO`` / ``TraceMeanField_ELBO``, the fast equivalent is
+:mod:`dmm_helpers.elbo`.
+
+Generative model, for each sequence of a batch (Krishnan et al., 2017):
+
+- ``z_0`` is a learned vector;
+- ``z_t ~ N(loc(z_{t-1}), diag(scale(z_{t-1})^2))`` (:class:`GatedTransition`);
+- ``x_t ~ prod_k Bernoulli(sigmoid(logits_k(z_t)))`` (:class:`Emitter`),
+
+for ``t = 1..T``. Guide: a backward RNN summarises the future, ``h_t`` of
+``x_{t:T}``; then ``z_t ~ q(z_t | z_{t-1}, h_t)`` (:class:`Combiner`) starting
+from a learned ``z_0^q``, optionally pushed through inverse autoregressive
+flows (Kingma et al., 2016). Sample sites are named ``z_1 .. z_T`` and
+``x_1 .. x_T`` as in the paper; time index ``t`` of a tensor is step ``t + 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions.transforms import AffineAutoregressive
+from pyro.nn import AutoRegressiveNN
+from torch import nn
+
+from dmm_helpers.data import Batch
+from dmm_helpers.modules import BackwardRNN, Combiner, Emitter, GatedTransition, LinearGaussian
+
+
+def _shape_of(value: object) -> object:
+    """A tensor's shape, or the type name of anything else, for error messages."""
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+@dataclass(frozen=True)
+class DMMConfig:
+    """Sizes of a :class:`DMM`; the defaults are the paper's and Pyro's for JSB."""
+
+    input_dim: int = 88  # features per time step (piano keys)
+    z_dim: int = 100  # latent state z_t
+    emission_dim: int = 100  # hidden units of the emitter
+    transition_dim: int = 200  # hidden units of the gated transition
+    rnn_dim: int = 600  # hidden units of the backward RNN
+    rnn_layers: int = 1  # stacked RNN layers
+    rnn_dropout: float = 0.0  # dropout between RNN layers (needs rnn_layers > 1)
+    num_iafs: int = 0  # inverse autoregressive flows in the guide
+    iaf_dim: int = 100  # hidden units of each flow's autoregressive network
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "rnn_dropout":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise TypeError(f"rnn_dropout must be a number, got {value!r}")
+                if not 0.0 <= value < 1.0:
+                    raise ValueError(f"rnn_dropout must lie in [0, 1), got {value}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{field.name} must be an int, got {value!r}")
+            smallest = 0 if field.name == "num_iafs" else 1
+            if value < smallest:
+                raise ValueError(f"{field.name} must be >= {smallest}, got {value}")
+        if self.rnn_dropout > 0 and self.rnn_layers == 1:
+            raise ValueError(
+                "rnn_dropout acts between stacked RNN layers, so it needs rnn_layers > 1; "
+                f"got rnn_dropout={self.rnn_dropout} with rnn_layers=1"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The sizes as a plain dict (for checkpoints and JSON)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DMMConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error, missing ones take defaults."""
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown DMMConfig keys {unknown}; known keys are {sorted(known)}")
+        return cls(**values)
+
+
+class DMM(nn.Module):
+    """The deep Markov model (``model``) and its structured inference network (``guide``).
+
+    Both take a :class:`~dmm_helpers.data.Batch` and an ``annealing_factor``
+    ``beta`` that scales every latent site (the KL term) in both programs, so
+    Pyro's ELBO becomes ``E_q[log p(x | z)] - beta * KL(q(z | x) || p(z))``.
+    Padded steps are masked out of every site.
+    """
+
+    def __init__(self, config: DMMConfig | None = None) -> None:
+        super().__init__()
+        config = DMMConfig() if config is None else config
+        if not isinstance(config, DMMConfig):
+            raise TypeError(f"config must be a DMMConfig, got {type(config).__name__}")
+        self.config = config
+        self.emitter = Emitter(config.input_dim, config.z_dim, config.emission_dim)
+        self.transition = GatedTransition(config.z_dim, config.transition_dim)
+        self.combiner = Combiner(config.z_dim, config.rnn_dim)
+        self.rnn = BackwardRNN(
+            config.input_dim, config.rnn_dim, config.rnn_layers, config.rnn_dropout
+        )
+        self.iaf_nets = nn.ModuleList(
+            AutoRegressiveNN(config.z_dim, [config.iaf_dim]) for _ in range(config.num_iafs)
+        )  # the flows' masked autoregressive networks, shared by all time steps
+        self.z_0 = nn.Parameter(torch.zeros(config.z_dim))  # the model's z_0
+        self.z_q_0 = nn.Parameter(torch.zeros(config.z_dim))  # the guide's z_0
+
+    def check_batch(self, batch: Batch) -> None:
+        """Raise a clear error unless ``batch`` is a batch this model can score."""
+        if torch.jit.is_tracing():
+            raise RuntimeError(
+                "the DMM cannot be traced with torch.jit (as JitTrace_ELBO does): its loops "
+                "run over packed sequences whose sizes depend on batch.lengths, which a trace "
+                "would freeze; use Trace_ELBO, TraceMeanField_ELBO or dmm_helpers.elbo.elbo"
+            )
+        for name in Batch._fields:
+            if not isinstance(getattr(batch, name, None), torch.Tensor):
+                raise TypeError(
+                    "expected a dmm_helpers.data.Batch (see make_batch) with a tensor "
+                    f"field {name!r}; got {type(batch).__name__}"
+                )
+        x = batch.x
+        expected = self.config.input_dim
+        if x.dim() != 3:
+            raise ValueError(
+                f"batch.x must have shape (batch, time, {expected}); got {tuple(x.shape)}"
+            )
+        if x.shape[-1] != expected:
+            raise ValueError(
+                f"batch has feature size {x.shape[-1]} per time step, but this model "
+                f"expects input_dim={expected}"
+            )
+        if (
+            batch.x_reversed.shape != x.shape
+            or batch.mask.shape != x.shape[:2]
+            or batch.lengths.shape != x.shape[:1]
+        ):
+            raise ValueError(
+                "inconsistent batch: x_reversed, mask and lengths must have shapes "
+                f"{tuple(x.shape)}, {tuple(x.shape[:2])}, {tuple(x.shape[:1])}; got "
+                f"{tuple(batch.x_reversed.shape)}, {tuple(batch.mask.shape)}, "
+                f"{tuple(batch.lengths.shape)}"
+            )
+        reference = self.z_q_0
+        if x.dtype != reference.dtype or x.device != reference.device:
+            raise TypeError(
+                f"batch is {x.dtype} on {x.device} but the model's parameters are "
+                f"{reference.dtype} on {reference.device}; move one to the other, "
+                "e.g. model.to(batch.x)"
+            )
+        # Pyro's programs mask with batch.mask, the fast ELBO packs by batch.lengths.
+        lengths = batch.lengths.to(batch.mask.device)
+        if lengths.numel() and not 1 <= int(lengths.min()) <= int(lengths.max()) <= x.shape[1]:
+            raise ValueError(
+                f"batch.lengths must lie in 1..{x.shape[1]} (the time dimension); got "
+                f"min {int(lengths.min())}, max {int(lengths.max())}"
+            )
+        steps = torch.arange(x.shape[1], device=batch.mask.device)
+        if not torch.equal(batch.mask.bool(), steps < lengths[:, None]):
+            raise ValueError(
+                "batch.mask disagrees with batch.lengths: the mask must be 1 exactly on "
+                "the first lengths[b] steps of sequence b"
+            )
+
+    def encode(self, batch: Batch) -> torch.Tensor:
+        """The backward RNN: ``h[:, t]`` summarises ``x_{t:T}``.
+
+        Returns ``(batch, time, rnn_dim)``, zero on padded steps.
+        """
+        h = self.rnn(batch.x_reversed, batch.lengths)  # PackedSequence, forward time
+        padded, _ = nn.utils.rnn.pad_packed_sequence(
+            h, batch_first=True, total_length=batch.x.shape[1]
+        )
+        return padded  # (batch, time, rnn_dim)
+
+    def emission_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
+        """``p(x_t | z_t)`` for ``z`` ``(..., z_dim)``: batch shape ``(...)``, one event dim."""
+        return dist.Bernoulli(logits=self.emitter(z)).to_event(1)
+
+    def model(self, batch: Batch, annealing_factor: float = 1.0) -> None:
+        """The generative model ``p(x_{1:T}, z_{1:T})``, conditioned on ``batch.x``."""
+        self.check_batch(batch)
+        pyro.module("dmm", self)
+        batch_size, t_max, _ = batch.x.shape
+        mask = batch.mask.bool()  # (batch, time)
+        z_prev = self.z_0.expand(batch_size, -1)  # (batch, z_dim)
+        with pyro.plate("sequences", batch_size, dim=-1):
+            for t in pyro.markov(range(t_max)):
+                loc, scale = self.transition(z_prev)  # (batch, z_dim) each
+                with poutine.scale(scale=annealing_factor):
+                    z_t = pyro.sample(
+                        f"z_{t + 1}", dist.Normal(loc, scale).to_event(1).mask(mask[:, t])
+                    )  # (batch, z_dim)
+                pyro.sample(
+                    f"x_{t + 1}", self.emission_dist(z_t).mask(mask[:, t]), obs=batch.x[:, t]
+                )
+                z_prev = z_t
+
+    def guide(self, batch: Batch, annealing_factor: float = 1.0) -> None:
+        """The structured posterior ``q(z_{1:T} | x_{1:T}) = prod_t q(z_t | z_{t-1}, x_{t:T})``."""
+        self.check_batch(batch)
+        pyro.module("dmm", self)
+        batch_size, t_max, _ = batch.x.shape
+        mask = batch.mask.bool()  # (batch, time)
+        h = self.encode(batch)  # (batch, time, rnn_dim)
+        z_prev = self.z_q_0.expand(batch_size, -1)  # (batch, z_dim)
+        with pyro.plate("sequences", batch_size, dim=-1):
+            for t in pyro.markov(range(t_max)):
+                loc, scale = self.combiner(z_prev, h[:, t])  # (batch, z_dim) each
+                q_t = dist.Normal(loc, scale).to_event(1)
+                if self.config.num_iafs > 0:
+                    q_t = dist.TransformedDistribution(q_t, self.iaf_transforms())
+                with poutine.scale(scale=annealing_factor):
+                    z_t = pyro.sample(f"z_{t + 1}", q_t.mask(mask[:, t]))  # (batch, z_dim)
+                z_prev = z_t
+
+    def iaf_transforms(self) -> list[AffineAutoregressive]:
+        """The guide's inverse autoregressive flows for one time step.
+
+        ``y = mu(x) + exp(s(x)) * x`` per flow, with ``(mu, s)`` from the shared
+        networks ``iaf_nets`` (Kingma et al., 2016). Fresh transform objects
+        each step, because a transform remembers only its latest ``(x, y)``
+        pair: with its own step's pair at hand, Pyro scores ``z_t`` without
+        inverting the flow, which costs ``z_dim`` sequential network passes.
+        """
+        return [AffineAutoregressive(net) for net in self.iaf_nets]
+
+    @torch.no_grad()
+    def generate(self, num_sequences: int, num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ancestral samples: ``x`` ``(N, T, input_dim)`` and ``z`` ``(N, T, z_dim)``."""
+        for name, value in (("num_sequences", num_sequences), ("num_steps", num_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        z_prev = self.z_0.expand(num_sequences, -1)  # (N, z_dim)
+        xs, zs = [], []
+        for _ in range(num_steps):
+            loc, scale = self.transition(z_prev)
+            z_t = loc + scale * torch.randn_like(loc)  # (N, z_dim)
+            xs.append(self.emission_dist(z_t).sample())  # (N, input_dim)
+            zs.append(z_t)
+            z_prev = z_t
+        return torch.stack(xs, dim=1), torch.stack(zs, dim=1)
+
+
+class LinearGaussianDMM(DMM):
+    """A DMM whose generative half is a fixed linear Gaussian state space model.
+
+    ``p(z_t | z_{t-1}) = N(A z_{t-1}, diag(q_scale^2))`` and
+    ``p(x_t | z_t) = N(C z_t, diag(r_scale^2))`` from a fixed ``z_0``: the
+    LGSSM of chapter 01 with ``mu0 = A z_0`` and ``P0 = Q``, whose exact
+    log-likelihood the Kalman filter computes (:meth:`lgssm_params`). The
+    guide is the DMM's own (backward RNN, combiner, optional flows), so the
+    gap between the ELBO and the exact ``log p(x)`` is the guide's alone.
+    ``A``, ``C``, the scales and ``z_0`` are buffers: training changes only
+    the guide. The module takes the device and dtype of ``A``.
+    """
+
+    def __init__(
+        self,
+        A: torch.Tensor,
+        C: torch.Tensor,
+        q_scale: torch.Tensor,
+        r_scale: torch.Tensor,
+        z_0: torch.Tensor,
+        *,
+        rnn_dim: int = 64,
+        num_iafs: int = 0,
+        iaf_dim: int = 32,
+    ) -> None:
+        if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != A.shape[1]:
+            raise ValueError(f"A must be a square 2-D tensor (z_dim, z_dim); got {_shape_of(A)}")
+        z_dim = A.shape[0]
+        if not isinstance(C, torch.Tensor) or C.dim() != 2 or C.shape[1] != z_dim:
+            raise ValueError(f"C must be a 2-D tensor (obs_dim, {z_dim}); got {_shape_of(C)}")
+        for name, vector, size in (
+            ("q_scale", q_scale, z_dim),
+            ("r_scale", r_scale, C.shape[0]),
+            ("z_0", z_0, z_dim),
+        ):
+            if not isinstance(vector, torch.Tensor) or vector.shape != (size,):
+                raise ValueError(
+                    f"{name} must be a tensor of shape ({size},); got {_shape_of(vector)}"
+                )
+        # emission_dim and transition_dim size networks that are replaced below.
+        config = DMMConfig(
+            input_dim=C.shape[0],
+            z_dim=z_dim,
+            emission_dim=1,
+            transition_dim=1,
+            rnn_dim=rnn_dim,
+            num_iafs=num_iafs,
+            iaf_dim=iaf_dim,
+        )
+        super().__init__(config)
+        self.transition = LinearGaussian(A, q_scale)
+        self.emitter = LinearGaussian(C, r_scale)
+        del self.z_0  # a buffer below, not a parameter
+        self.register_buffer("z_0", z_0.detach().clone())
+        self.to(device=A.device, dtype=A.dtype)
+
+    def emission_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
+        """``p(x_t | z_t) = N(C z_t, diag(r_scale^2))``: batch shape ``(...)``, one event dim."""
+        loc, scale = self.emitter(z)
+        return dist.Normal(loc, scale).to_event(1)
+
+    def lgssm_params(self) -> dict[str, torch.Tensor]:
+        """``A, C, Q, R, mu0, P0`` of the equivalent LGSSM.
+
+        Keyed as the arguments of :func:`dmm_helpers.lgssm.log_likelihood`
+        and :func:`dmm_helpers.lgssm.sample`, so ``log_likelihood(x,
+        **dmm.lgssm_params(), mask=mask)`` is the exact ``log p(x)``.
+        """
+        A, C = self.transition.matrix, self.emitter.matrix
+        Q = torch.diag(self.transition.scale**2)
+        R = torch.diag(self.emitter.scale**2)
+        return {"A": A, "C": C, "Q": Q, "R": R, "mu0": A @ self.z_0, "P0": Q}

@@ -1,0 +1,216 @@
+"""A vectorised ELBO for the deep Markov model, equal to Pyro's on the same draws.
+
+Introduced in chapter 05 (``notebooks/05_elbo_masking_annealing.ipynb``).
+
+For one sequence with ``T`` real steps and annealing factor ``beta``,
+
+``ELBO = sum_t E_q[log p(x_t | z_t)] - beta * sum_t E_q[KL_t]``, where
+``KL_t = KL(q(z_t | z_{t-1}, h_t) || p(z_t | z_{t-1}))``,
+
+estimated with one joint sample ``z_{1:T} ~ q``. Pyro's ``Trace_ELBO`` and
+``TraceMeanField_ELBO`` walk the model and the guide one sample site at a
+time. Here only the guide's combiner loop is sequential (``z_t`` needs
+``z_{t-1}``); once ``z_{1:T}`` is drawn, every transition, emission and KL
+term of every step is computed at once.
+
+Convention: :func:`elbo` returns the ELBO summed over the sequences of the
+batch, a number to *maximise*; Pyro's ``SVI.step`` returns its negative (the
+loss). :func:`elbo_terms` gives the per-sequence pieces.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from dmm_helpers.data import Batch
+from dmm_helpers.dmm import DMM
+
+
+class ELBOTerms(NamedTuple):
+    """The two parts of a single-sample ELBO, per sequence.
+
+    Attributes:
+        log_lik: ``(batch,)`` ``sum_t mask_t log p(x_t | z_t)``.
+        kl: ``(batch,)`` ``sum_t mask_t KL_t``, where ``KL_t`` is the
+            closed-form ``KL(q(z_t | z_{t-1}, h_t) || p(z_t | z_{t-1}))`` at the
+            sampled ``z_{t-1}`` (``kl="analytic"``) or its one-sample estimate
+            ``log q(z_t | ...) - log p(z_t | z_{t-1})`` (``kl="sampled"``).
+        z: ``(batch, time, z_dim)`` the posterior sample the terms were computed on.
+    """
+
+    log_lik: torch.Tensor
+    kl: torch.Tensor
+    z: torch.Tensor
+
+
+def gaussian_kl(
+    loc_q: torch.Tensor, scale_q: torch.Tensor, loc_p: torch.Tensor, scale_p: torch.Tensor
+) -> torch.Tensor:
+    """``KL(N(loc_q, diag(scale_q^2)) || N(loc_p, diag(scale_p^2)))``, summed over the last dim.
+
+    ``KL = 1/2 sum_k [r_k^2 + ((loc_q,k - loc_p,k) / scale_p,k)^2 - 1 - 2 log r_k]``
+    with ``r = scale_q / scale_p``. Shapes: ``(..., d)`` each -> ``(...)``.
+    """
+    ratio = scale_q / scale_p  # (..., d)
+    distance = (loc_q - loc_p) / scale_p  # (..., d)
+    return 0.5 * (ratio.square() + distance.square() - 1 - 2 * ratio.log()).sum(-1)
+
+
+def _pack(padded: torch.Tensor, lengths: torch.Tensor) -> nn.utils.rnn.PackedSequence:
+    """Keep only the real steps of ``(batch, time, ...)``, time-major, longest sequences first."""
+    return nn.utils.rnn.pack_padded_sequence(
+        padded, lengths.cpu(), batch_first=True, enforce_sorted=False
+    )
+
+
+class GuideSample(NamedTuple):
+    """One draw ``z_{1:T} ~ q`` on the real steps of a batch, rows as in ``PackedSequence.data``.
+
+    Attributes:
+        loc, scale: ``(N, z_dim)`` of ``q(z_t | z_{t-1}, h_t)`` before any flow.
+        z_base: ``(N, z_dim)`` the Gaussian draw ``loc + scale * eps``.
+        z: ``(N, z_dim)`` the sample: ``z_base`` pushed through the flows (if any).
+        log_det: ``(N,)`` ``log |det dz / dz_base|`` summed over the flows (zero without).
+    """
+
+    loc: torch.Tensor
+    scale: torch.Tensor
+    z_base: torch.Tensor
+    z: torch.Tensor
+    log_det: torch.Tensor
+
+
+def sample_guide(
+    dmm: DMM, h: nn.utils.rnn.PackedSequence, eps: torch.Tensor
+) -> GuideSample:
+    """The guide's combiner loop, the ELBO's only sequential part.
+
+    ``h`` is the backward RNN's output (``dmm.rnn``), ``eps`` ``(N, z_dim)``
+    standard normal draws in the same row order. Rows of step ``t`` belong to
+    the ``batch_sizes[t]`` sequences still running, longest first, so each
+    step updates a prefix of the previous states. The combiner's ``h_t`` half
+    is computed for all steps in one product first, so each step adds only
+    the ``z_{t-1}`` half.
+    """
+    sizes = h.batch_sizes.tolist()  # sequences still running at each step
+    h_projected = dmm.combiner.project_rnn(h.data)  # (N, 2 z_dim)
+    z_prev = dmm.z_q_0.expand(sizes[0], -1)  # (batch, z_dim)
+    locs, scales, z_bases, zs, log_dets = [], [], [], [], []
+    for h_t, eps_t in zip(h_projected.split(sizes), eps.split(sizes)):
+        running = h_t.shape[0]
+        loc, scale = dmm.combiner.step(z_prev[:running], h_t)  # (running, z_dim) each
+        z_t = loc + scale * eps_t  # reparameterised: gradients flow through loc and scale
+        locs.append(loc)
+        scales.append(scale)
+        z_bases.append(z_t)
+        log_det = torch.zeros_like(z_t[:, 0])  # (running,)
+        for flow in dmm.iaf_transforms():  # none unless num_iafs > 0
+            z_next = flow(z_t)
+            log_det = log_det + flow.log_abs_det_jacobian(z_t, z_next)
+            z_t = z_next
+        log_dets.append(log_det)
+        zs.append(z_t)
+        z_prev = z_t
+    return GuideSample(*(torch.cat(parts) for parts in (locs, scales, z_bases, zs, log_dets)))
+
+
+def elbo_terms(
+    dmm: DMM,
+    batch: Batch,
+    kl: Literal["analytic", "sampled"] = "analytic",
+    noise: torch.Tensor | None = None,
+) -> ELBOTerms:
+    """Draw ``z_{1:T} ~ q`` once, then score every step of every sequence at once.
+
+    Padding is never computed, rather than computed and masked: like the
+    backward RNN, everything works on ``PackedSequence`` rows, the ``N =
+    batch.lengths.sum()`` real steps. Once :func:`sample_guide` has drawn
+    ``z``, the transitions, emissions and KL terms of all of them are one
+    ``(N, ...)`` computation each.
+
+    With ``kl="sampled"``, ``log_lik - kl`` is ``log p(x, z) - log q(z | x)``
+    per sequence: an importance weight of ``log p(x)``.
+
+    Args:
+        dmm: the model and guide (a :class:`~dmm_helpers.dmm.DMM`).
+        batch: a :class:`~dmm_helpers.data.Batch`; padded steps count for nothing.
+        kl: ``"analytic"``: the Gaussian KL in closed form, as Pyro's
+            ``TraceMeanField_ELBO``; ``"sampled"``: ``log q - log p`` at the
+            sample, as ``Trace_ELBO``. With flows (``num_iafs > 0``) ``q`` has no
+            closed-form KL and both options sample, as ``TraceMeanField_ELBO``
+            falls back to doing.
+        noise: ``(batch, time, z_dim)`` standard normal draws ``eps``; the
+            guide's Gaussian draw at step ``t`` is ``loc_t + scale_t * eps_t``
+            (entries at padded steps are ignored). Default: fresh draws. Pass
+            them to reproduce a given sample.
+
+    Returns:
+        :class:`ELBOTerms` with per-sequence ``log_lik`` and ``kl``, and the
+        sample ``z`` (zero at padded steps).
+    """
+    dmm.check_batch(batch)
+    if kl not in ("analytic", "sampled"):
+        raise ValueError(f'kl must be "analytic" or "sampled", got {kl!r}')
+    batch_size, t_max, _ = batch.x.shape
+    z_dim = dmm.config.z_dim
+    h = dmm.rnn(batch.x_reversed, batch.lengths)  # packed: .data (N, rnn_dim)
+    if noise is None:
+        eps = torch.randn(len(h.data), z_dim, dtype=batch.x.dtype, device=batch.x.device)
+    elif isinstance(noise, torch.Tensor) and noise.shape == (batch_size, t_max, z_dim):
+        eps = _pack(noise, batch.lengths).data  # (N, z_dim)
+    else:
+        shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+        expected = (batch_size, t_max, z_dim)
+        raise ValueError(f"noise must have shape (batch, time, z_dim) = {expected}; got {shape}")
+    q = sample_guide(dmm, h, eps)
+
+    # The model's previous state for every row: z_0, then the step before.
+    sizes = h.batch_sizes.tolist()
+    z_0 = dmm.z_0.expand(sizes[0], -1)  # (batch, z_dim)
+    z_prev = torch.cat([z_0] + [z_t[:n] for z_t, n in zip(q.z.split(sizes), sizes[1:])])
+    p_loc, p_scale = dmm.transition(z_prev)  # (N, z_dim) each
+    log_lik = dmm.emission_dist(q.z).log_prob(_pack(batch.x, batch.lengths).data)  # (N,)
+    if kl == "analytic" and dmm.config.num_iafs == 0:
+        kl_t = gaussian_kl(q.loc, q.scale, p_loc, p_scale)  # (N,)
+    else:
+        # Change of variables: log q(z) = log N(z_base; loc, scale) - log |det dz / dz_base|.
+        log_q = dist.Normal(q.loc, q.scale).log_prob(q.z_base).sum(-1) - q.log_det  # (N,)
+        log_p = dist.Normal(p_loc, p_scale).log_prob(q.z).sum(-1)  # (N,)
+        kl_t = log_q - log_p
+
+    # Back to (batch, time, ...), zero at padded steps, and sum over time.
+    per_step = torch.cat([log_lik[:, None], kl_t[:, None], q.z], dim=-1)  # (N, 2 + z_dim)
+    padded, _ = nn.utils.rnn.pad_packed_sequence(
+        h._replace(data=per_step), batch_first=True, total_length=t_max
+    )  # (batch, time, 2 + z_dim)
+    sums = padded[..., :2].sum(1)  # (batch, 2)
+    return ELBOTerms(log_lik=sums[:, 0], kl=sums[:, 1], z=padded[..., 2:])
+
+
+def elbo(
+    dmm: DMM,
+    batch: Batch,
+    annealing_factor: float = 1.0,
+    kl: Literal["analytic", "sampled"] = "analytic",
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The single-sample ELBO summed over the batch: ``sum_b (log_lik_b - beta * kl_b)``.
+
+    Equal, on the same draws, to minus the loss of Pyro's
+    ``TraceMeanField_ELBO`` (``kl="analytic"``) or ``Trace_ELBO``
+    (``kl="sampled"``) on ``dmm.model``/``dmm.guide`` with the same
+    ``annealing_factor`` ``beta``. Differentiable: ``(-elbo(...)).backward()``
+    trains the model and the guide with any torch optimiser; divided by
+    ``batch.lengths.sum()`` it is the per-time-step bound papers report. See
+    :func:`elbo_terms` for the arguments.
+    """
+    if isinstance(annealing_factor, bool) or not isinstance(annealing_factor, (int, float)):
+        raise TypeError(f"annealing_factor must be a number, got {annealing_factor!r}")
+    if not annealing_factor >= 0:
+        raise ValueError(f"annealing_factor must be >= 0, got {annealing_factor}")
+    terms = elbo_terms(dmm, batch, kl=kl, noise=noise)
+    return terms.log_lik.sum() - annealing_factor * terms.kl.sum()

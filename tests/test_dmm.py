@@ -1,0 +1,416 @@
+"""The DMM as Pyro programs: configuration, sites, masks, scales, errors, flows.
+
+The model's log joint is recomputed here from ``torch.distributions`` by
+hand, so the Pyro program is tested against the math, not against itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.util import site_is_subsample
+from torch import nn
+
+from dmm_helpers.data import Batch, make_batch
+from dmm_helpers.dmm import DMM, DMMConfig, LinearGaussianDMM
+
+SMALL = DMMConfig(input_dim=88, z_dim=3, emission_dim=5, transition_dim=6, rnn_dim=7, iaf_dim=4)
+
+
+def sample_sites(trace: poutine.Trace) -> list[str]:
+    """Names of the sample sites, without the plate's own bookkeeping site."""
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site)
+    ]
+
+
+def random_batch(
+    lengths: list[int], seed: int = 0, dtype: torch.dtype = torch.float64
+) -> Batch:
+    """Sparse random piano rolls (about 10 notes of 88 on) of the given lengths."""
+    generator = torch.Generator().manual_seed(seed)
+    rolls = [
+        torch.bernoulli(torch.full((length, 88), 0.1, dtype=dtype), generator=generator)
+        for length in lengths
+    ]
+    return make_batch(rolls)
+
+
+def small_dmm(num_iafs: int = 0, seed: int = 0) -> DMM:
+    torch.manual_seed(seed)
+    dmm = DMM(DMMConfig(**{**SMALL.to_dict(), "num_iafs": num_iafs})).double()
+    with torch.no_grad():  # learned starts away from zero, so they matter
+        for start in (dmm.z_0, dmm.z_q_0, dmm.rnn.h_0):
+            start.normal_()
+    return dmm
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro() -> None:
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_defaults_are_the_papers_sizes() -> None:
+    assert DMMConfig().to_dict() == {
+        "input_dim": 88,
+        "z_dim": 100,
+        "emission_dim": 100,
+        "transition_dim": 200,
+        "rnn_dim": 600,
+        "rnn_layers": 1,
+        "rnn_dropout": 0.0,
+        "num_iafs": 0,
+        "iaf_dim": 100,
+    }
+
+
+def test_config_round_trips_through_json() -> None:
+    config = DMMConfig(z_dim=4, rnn_layers=2, rnn_dropout=0.25, num_iafs=2)
+    assert DMMConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert DMMConfig.from_dict({"z_dim": 4}) == DMMConfig(z_dim=4)  # missing keys: defaults
+
+
+def test_config_from_dict_names_unknown_keys() -> None:
+    with pytest.raises(ValueError, match=r"unknown DMMConfig keys \['hidden', 'zdim'\]"):
+        DMMConfig.from_dict({"zdim": 3, "hidden": 2})
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"z_dim": 0}, ValueError, "z_dim must be >= 1, got 0"),
+        ({"num_iafs": -1}, ValueError, "num_iafs must be >= 0, got -1"),
+        ({"rnn_dim": 2.5}, TypeError, "rnn_dim must be an int, got 2.5"),
+        ({"input_dim": True}, TypeError, "input_dim must be an int, got True"),
+        ({"rnn_dropout": 1.0, "rnn_layers": 2}, ValueError, r"rnn_dropout must lie in \[0, 1\)"),
+        ({"rnn_dropout": 0.1}, ValueError, "needs rnn_layers > 1"),
+    ],
+)
+def test_config_rejects_bad_values(changes: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        DMMConfig(**changes)
+
+
+def test_dmm_sizes_follow_the_config() -> None:
+    c = DMMConfig(input_dim=10, z_dim=3, emission_dim=5, transition_dim=6, rnn_dim=7)
+    dmm = DMM(c)
+    emitter = (c.z_dim + 1) * c.emission_dim + (c.emission_dim + 1) * c.emission_dim + (
+        c.emission_dim + 1
+    ) * c.input_dim
+    transition = 2 * ((c.z_dim + 1) * c.transition_dim + (c.transition_dim + 1) * c.z_dim) + 2 * (
+        c.z_dim + 1
+    ) * c.z_dim
+    combiner = (c.z_dim + 1) * c.rnn_dim + (c.rnn_dim + 1) * 2 * c.z_dim
+    rnn = (c.input_dim + 1) * c.rnn_dim + c.rnn_dim * c.rnn_dim + c.rnn_dim
+    starts = 2 * c.z_dim
+    count = {
+        name: sum(p.numel() for p in module.parameters())
+        for name, module in dmm.named_children()
+    }
+    assert count == {
+        "emitter": emitter,
+        "transition": transition,
+        "combiner": combiner,
+        "rnn": rnn,
+        "iaf_nets": 0,
+    }
+    assert sum(p.numel() for p in dmm.parameters()) == sum(count.values()) + starts
+
+
+def test_dmm_rejects_a_config_of_the_wrong_type() -> None:
+    with pytest.raises(TypeError, match="config must be a DMMConfig, got dict"):
+        DMM({"z_dim": 3})  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------- model
+
+
+def test_model_sites_shapes_masks_and_scales() -> None:
+    dmm = small_dmm()
+    batch = random_batch([4, 2, 3])
+    trace = poutine.trace(dmm.model).get_trace(batch, 0.25)
+    assert sample_sites(trace) == [f"{kind}_{t}" for t in range(1, 5) for kind in ("z", "x")]
+    for t in range(4):
+        z_site, x_site = trace.nodes[f"z_{t + 1}"], trace.nodes[f"x_{t + 1}"]
+        assert z_site["fn"].batch_shape == (3,) and z_site["fn"].event_shape == (3,)
+        assert x_site["fn"].batch_shape == (3,) and x_site["fn"].event_shape == (88,)
+        assert x_site["is_observed"] and torch.equal(x_site["value"], batch.x[:, t])
+        for site in (z_site, x_site):
+            assert torch.equal(site["fn"]._mask, batch.mask[:, t].bool())
+            (frame,) = site["cond_indep_stack"]
+            assert (frame.name, frame.dim, frame.size) == ("sequences", -1, 3)
+        assert z_site["scale"] == 0.25 and x_site["scale"] == 1.0
+
+
+def test_model_log_joint_equals_the_hand_computed_density() -> None:
+    dmm = small_dmm()
+    batch = random_batch([4, 2, 3])
+    trace = poutine.trace(dmm.model).get_trace(batch)
+    expected = torch.zeros((), dtype=torch.float64)
+    with torch.no_grad():
+        for b, length in enumerate(batch.lengths.tolist()):
+            z_prev = dmm.z_0
+            for t in range(length):  # padded steps contribute nothing
+                z_t = trace.nodes[f"z_{t + 1}"]["value"][b]
+                loc, scale = dmm.transition(z_prev)
+                expected += torch.distributions.Normal(loc, scale).log_prob(z_t).sum()
+                probs = torch.sigmoid(dmm.emitter(z_t))
+                expected += torch.distributions.Bernoulli(probs=probs).log_prob(batch.x[b, t]).sum()
+                z_prev = z_t
+        assert torch.allclose(trace.log_prob_sum(), expected, rtol=1e-10)
+
+
+def test_model_with_everything_masked_but_one_sequence_scores_that_sequence() -> None:
+    dmm = small_dmm()
+    batch = random_batch([4, 2, 3])
+    alone = Batch(*(field[1:2] for field in batch))
+    alone = alone._replace(
+        x=alone.x[:, :2], x_reversed=alone.x_reversed[:, :2], mask=alone.mask[:, :2]
+    )
+    guide_trace = poutine.trace(dmm.guide).get_trace(batch)
+    both = poutine.trace(poutine.replay(dmm.model, trace=guide_trace)).get_trace(batch)
+    # The same z values for sequence 1, run on its own.
+    values = {f"z_{t + 1}": guide_trace.nodes[f"z_{t + 1}"]["value"][1:2] for t in range(2)}
+    single = poutine.trace(poutine.condition(dmm.model, data=values)).get_trace(alone)
+    per_sequence = {
+        name: both.nodes[name]["fn"].log_prob(both.nodes[name]["value"])
+        for name in sample_sites(both)
+    }
+    for name in sample_sites(single):
+        site = single.nodes[name]
+        assert torch.allclose(site["fn"].log_prob(site["value"]), per_sequence[name][1:2])
+    for t in (3, 4):  # sequence 1 has ended: its steps 3 and 4 count for nothing
+        assert per_sequence[f"z_{t}"][1] == 0 and per_sequence[f"x_{t}"][1] == 0
+
+
+# ----------------------------------------------------------------- guide
+
+
+@pytest.mark.parametrize("num_iafs", [0, 2])
+def test_guide_sites_shapes_masks_and_scales(num_iafs: int) -> None:
+    dmm = small_dmm(num_iafs)
+    batch = random_batch([4, 2, 3])
+    trace = poutine.trace(dmm.guide).get_trace(batch, 0.5)
+    assert sample_sites(trace) == [f"z_{t}" for t in range(1, 5)]
+    for t in range(4):
+        site = trace.nodes[f"z_{t + 1}"]
+        assert site["value"].shape == (3, 3) and bool(site["value"].isfinite().all())
+        assert site["fn"].batch_shape == (3,) and site["fn"].event_shape == (3,)
+        assert torch.equal(site["fn"]._mask, batch.mask[:, t].bool())
+        assert site["scale"] == 0.5
+        if num_iafs:
+            flowed = site["fn"].base_dist
+            assert isinstance(flowed, dist.TransformedDistribution)
+            assert len(flowed.transforms) == num_iafs
+
+
+def test_guide_first_step_is_the_combiner_at_the_learned_start() -> None:
+    dmm = small_dmm()
+    batch = random_batch([4, 2, 3])
+    trace = poutine.trace(dmm.guide).get_trace(batch)
+    normal = trace.nodes["z_1"]["fn"].base_dist.base_dist
+    loc, scale = dmm.combiner(dmm.z_q_0.expand(3, -1), dmm.encode(batch)[:, 0])
+    assert torch.allclose(normal.loc, loc) and torch.allclose(normal.scale, scale)
+
+
+def test_encode_summarises_only_the_future() -> None:
+    dmm = small_dmm()
+    batch = random_batch([6])
+    h = dmm.encode(batch)[0]  # (time, rnn_dim)
+    for t in range(6):
+        changed = batch.x[0].clone()
+        changed[t] = 1 - changed[t]  # flip every note at step t
+        h_changed = dmm.encode(make_batch([changed]))[0]
+        assert torch.allclose(h_changed[t + 1 :], h[t + 1 :], rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(h_changed[t], h[t])
+
+
+def test_encode_of_a_padded_batch_equals_each_sequence_alone() -> None:
+    dmm = small_dmm()
+    batch = random_batch([5, 2, 4])
+    h = dmm.encode(batch)
+    for b, length in enumerate(batch.lengths.tolist()):
+        alone = dmm.encode(make_batch([batch.x[b, :length]]))[0]
+        assert torch.allclose(h[b, :length], alone, rtol=1e-12, atol=1e-12)
+        assert torch.equal(h[b, length:], torch.zeros_like(h[b, length:]))
+
+
+# ------------------------------------------------------ gradients, errors
+
+
+@pytest.mark.parametrize("num_iafs", [0, 1])
+def test_pyro_loss_gradients_reach_every_parameter(num_iafs: int) -> None:
+    dmm = small_dmm(num_iafs)
+    batch = random_batch([4, 2, 3])
+    loss = Trace_ELBO(max_plate_nesting=1).differentiable_loss(dmm.model, dmm.guide, batch)
+    loss.backward()
+    for name, parameter in dmm.named_parameters():
+        assert parameter.grad is not None, name
+        assert bool(parameter.grad.isfinite().all()), name
+        assert float(parameter.grad.abs().sum()) > 0, name
+
+
+@pytest.mark.parametrize("num_iafs", [1, 2])
+def test_iaf_guide_gives_a_finite_elbo(num_iafs: int) -> None:
+    dmm = small_dmm(num_iafs)
+    batch = random_batch([4, 2, 3])
+    loss = TraceMeanField_ELBO(max_plate_nesting=1).loss(dmm.model, dmm.guide, batch)
+    assert torch.isfinite(torch.tensor(loss))
+
+
+def test_batch_of_the_wrong_feature_size_is_refused() -> None:
+    dmm = small_dmm()
+    batch = random_batch([3, 2])
+    narrow = Batch(batch.x[..., :12], batch.x_reversed[..., :12], batch.mask, batch.lengths)
+    message = re.escape(
+        "batch has feature size 12 per time step, but this model expects input_dim=88"
+    )
+    for program in (dmm.model, dmm.guide):
+        with pytest.raises(ValueError, match=message):
+            program(narrow)
+
+
+def test_bad_batches_are_refused_with_a_clear_message() -> None:
+    dmm = small_dmm()
+    batch = random_batch([3, 2])
+    with pytest.raises(TypeError, match="expected a dmm_helpers.data.Batch .* got Tensor"):
+        dmm.model(batch.x)
+    message = r"batch.x must have shape \(batch, time, 88\); got \(3, 88\)"
+    with pytest.raises(ValueError, match=message):
+        dmm.model(batch._replace(x=batch.x[0]))
+    with pytest.raises(ValueError, match="inconsistent batch"):
+        dmm.model(batch._replace(mask=batch.mask[:, :1]))
+    with pytest.raises(ValueError, match=r"batch.lengths must lie in 1..3 .* got min 3, max 4"):
+        dmm.model(batch._replace(lengths=batch.lengths + 1))
+    with pytest.raises(ValueError, match="batch.mask disagrees with batch.lengths"):
+        dmm.guide(batch._replace(mask=torch.ones_like(batch.mask)))
+    with pytest.raises(TypeError, match="batch is torch.float32 on cpu but the model's parameters"):
+        dmm.guide(random_batch([3, 2], dtype=torch.float32))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
+def test_tracing_with_torch_jit_is_refused() -> None:
+    dmm = small_dmm()
+    batch = random_batch([3, 2])
+    with pytest.raises(RuntimeError, match="cannot be traced with torch.jit"):
+        JitTrace_ELBO(max_plate_nesting=1).loss_and_grads(dmm.model, dmm.guide, batch)
+
+
+# -------------------------------------------------------------- sampling
+
+
+def test_generate_draws_binary_rolls_from_the_prior() -> None:
+    dmm = small_dmm()
+    x, z = dmm.generate(num_sequences=4, num_steps=6)
+    assert x.shape == (4, 6, 88) and z.shape == (4, 6, 3)
+    assert x.dtype == z.dtype == torch.float64
+    assert set(x.unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="num_steps must be a positive int, got 0"):
+        dmm.generate(2, 0)
+
+
+def test_generate_follows_the_transition() -> None:
+    dmm = small_dmm()
+    with torch.no_grad():
+        dmm.transition.proposal_to_scale.bias.fill_(-50.0)  # scale ~ 1e-22: deterministic
+    _, z = dmm.generate(num_sequences=1, num_steps=3)
+    z_prev = dmm.z_0
+    for t in range(3):
+        loc, _ = dmm.transition(z_prev)
+        assert torch.allclose(z[0, t], loc, atol=1e-12)
+        z_prev = z[0, t]
+
+
+# --------------------------------------------------- linear Gaussian DMM
+
+
+def linear_gaussian_dmm() -> LinearGaussianDMM:
+    torch.manual_seed(0)
+    A = torch.tensor([[0.9, 0.2], [-0.1, 0.8]], dtype=torch.float64)
+    C = torch.tensor([[1.0, 0.5], [0.0, 1.0], [0.3, -0.7]], dtype=torch.float64)
+    return LinearGaussianDMM(
+        A,
+        C,
+        q_scale=torch.tensor([0.5, 0.3], dtype=torch.float64),
+        r_scale=torch.tensor([0.4, 0.6, 0.5], dtype=torch.float64),
+        z_0=torch.tensor([1.0, -1.0], dtype=torch.float64),
+        rnn_dim=8,
+    )
+
+
+def test_linear_gaussian_dmm_is_the_lgssm_it_reports() -> None:
+    dmm = linear_gaussian_dmm()
+    params = dmm.lgssm_params()
+    A, C = params["A"], params["C"]
+    assert torch.equal(params["mu0"], A @ torch.tensor([1.0, -1.0], dtype=torch.float64))
+    assert torch.equal(params["P0"], params["Q"])
+    def diag(*values: float) -> torch.Tensor:
+        return torch.diag(torch.tensor(values, dtype=torch.float64))
+
+    assert torch.allclose(params["Q"], diag(0.25, 0.09))
+    assert torch.allclose(params["R"], diag(0.16, 0.36, 0.25))
+    z = torch.randn(5, 2, dtype=torch.float64)
+    loc, scale = dmm.transition(z)
+    assert torch.allclose(loc, z @ A.T)
+    assert torch.allclose(scale**2, params["Q"].diagonal().expand(5, 2))
+    emission = dmm.emission_dist(z)
+    assert isinstance(emission.base_dist, dist.Normal)
+    assert torch.allclose(emission.mean, z @ C.T)
+
+
+def test_linear_gaussian_dmm_learns_only_its_guide() -> None:
+    dmm = linear_gaussian_dmm()
+    assert dmm.z_q_0.dtype == torch.float64  # the module took A's dtype
+    trainable = {name.split(".")[0] for name, _ in dmm.named_parameters()}
+    assert trainable == {"combiner", "rnn", "z_q_0"}
+    assert {"z_0", "transition.matrix", "emitter.matrix"} <= {n for n, _ in dmm.named_buffers()}
+
+
+@pytest.mark.parametrize(
+    ("which", "message"),
+    [
+        ("A", r"A must be a square 2-D tensor \(z_dim, z_dim\); got \(2, 3\)"),
+        ("C", r"C must be a 2-D tensor \(obs_dim, 2\); got \(3, 3\)"),
+        ("z_0", r"z_0 must be a tensor of shape \(2,\); got \(3,\)"),
+        ("q_scale", r"q_scale must be a tensor of shape \(2,\); got \(3,\)"),
+        ("r_scale", r"r_scale must be a tensor of shape \(3,\); got \(2,\)"),
+    ],
+)
+def test_linear_gaussian_dmm_rejects_mismatched_shapes(which: str, message: str) -> None:
+    arguments = {
+        "A": torch.eye(2),
+        "C": torch.ones(3, 2),
+        "q_scale": torch.ones(2),
+        "r_scale": torch.ones(3),
+        "z_0": torch.zeros(2),
+    }
+    arguments[which] = {
+        "A": torch.ones(2, 3),
+        "C": torch.ones(3, 3),
+        "z_0": torch.zeros(3),
+        "q_scale": torch.ones(3),
+        "r_scale": torch.ones(2),
+    }[which]
+    with pytest.raises(ValueError, match=message):
+        LinearGaussianDMM(**arguments)
+
+
+def test_dmm_moves_with_to() -> None:
+    dmm = small_dmm().float()
+    assert all(p.dtype == torch.float32 for p in dmm.parameters())
+    assert isinstance(dmm.rnn.input_to_hidden, nn.ModuleList)
+    trace = poutine.trace(dmm.guide).get_trace(random_batch([3], dtype=torch.float32))
+    assert trace.nodes["z_1"]["value"].dtype == torch.float32
