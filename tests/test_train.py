@@ -1,0 +1,779 @@
+"""Tests of :mod:`dmm_helpers.train`: exact resumption, atomic checkpoints, clear errors.
+
+The central promise of the training command is that a run killed in any way
+and continued with ``--resume`` ends with exactly the parameters of a run
+that was never interrupted (same seed, CPU). The tests check it the hard way:
+the real command in a subprocess, killed with SIGKILL or SIGTERM at a moment
+the test does not choose, then resumed, and every tensor of the final
+checkpoint (weights, optimiser moments, RNG state) compared with
+``torch.equal``, and every record of the log compared except the wall-clock.
+Everything runs on a model with a few hundred parameters and a handful of
+short sequences written to a JSON file in the JSB format.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dmm_helpers import train
+from dmm_helpers.data import make_batch
+from dmm_helpers.dmm import DMM
+from dmm_helpers.train import (
+    CheckpointError,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    annealing_factor,
+    load_checkpoint,
+    load_data,
+    load_model,
+    parse_args,
+    resolve_device,
+)
+
+# Six training sequences in mini-batches of two: three steps per epoch, so a
+# signal can land before, inside or at the end of an epoch.
+NUM_TRAIN, BATCH_SIZE = 6, 2
+STEPS_PER_EPOCH = NUM_TRAIN // BATCH_SIZE
+EPOCHS = 30  # of the subprocess runs: long enough to be killed mid-run
+# A tiny model and a schedule in which every step matters: the KL factor
+# changes at each step for five epochs, and the learning rate decays.
+TINY = {
+    "batch_size": BATCH_SIZE,
+    "eval_every": 2,
+    "z_dim": 4,
+    "emission_dim": 8,
+    "transition_dim": 8,
+    "rnn_dim": 16,
+    "annealing_epochs": 5,
+    "learning_rate": 3e-3,
+    "seed": 3,
+    "device": "cpu",
+    "progress": False,
+}
+LOG_KEYS = {
+    "epoch", "step", "train_loss", "annealing_factor", "learning_rate", "elapsed_s",
+    "skipped_steps", "valid_bound", "test_bound",
+}
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CI": "true"}
+SUBPROCESS_TIMEOUT_S = 120
+
+
+def flags(settings: dict) -> list[str]:
+    """``{"z_dim": 4, "progress": False}`` -> ``["--z-dim", "4", "--no-progress"]``."""
+    argv = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def write_tiny_jsb(path: Path, seed: int = 0) -> Path:
+    """A JSB-format JSON file: 6/3/2 sequences of 3-8 steps of 0-4 notes each."""
+    rng = random.Random(seed)
+
+    def sequence() -> list[list[int]]:
+        return [sorted(rng.sample(range(48, 80), rng.randint(0, 4))) for _ in range(rng.randint(3, 8))]
+
+    splits = {"train": NUM_TRAIN, "valid": 3, "test": 2}
+    path.write_text(json.dumps({split: [sequence() for _ in range(n)] for split, n in splits.items()}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_tiny_jsb(tmp_path_factory.mktemp("data") / "tiny.json")
+
+
+@pytest.fixture
+def config(tiny_data, tmp_path) -> TrainConfig:
+    """The tiny run, in process, for one epoch with an evaluation after it."""
+    return TrainConfig(**{**TINY, "eval_every": 1}, data=str(tiny_data), out=str(tmp_path / "run"), epochs=1)
+
+
+def command(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "dmm_helpers.train", "--data", str(data), "--out", str(out),
+        "--epochs", str(EPOCHS), *flags(TINY), *extra,
+    ]
+
+
+def run_training(data: Path, out: Path, *extra: str) -> None:
+    result = subprocess.run(
+        command(data, out, *extra), env=SUBPROCESS_ENV, capture_output=True, text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def start_and_stop(data: Path, out: Path, signum: int) -> tuple[int, str]:
+    """Start the command, send ``signum`` once an epoch is done, return (exit code, stderr)."""
+    process = subprocess.Popen(
+        command(data, out), env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+    # checkpoint.pt appears (atomically) at the end of the first epoch.
+    while not (out / "checkpoint.pt").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"training ended before its first checkpoint: {process.communicate()[1]}")
+        time.sleep(0.002)
+    assert process.poll() is None, "the run finished before it could be interrupted"
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+    return process.returncode, stderr
+
+
+def log_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def without_clock(records: list[dict]) -> list[dict]:
+    return [{key: value for key, value in record.items() if key != "elapsed_s"} for record in records]
+
+
+def assert_state_dicts_equal(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(actual[name], value), name
+
+
+def assert_same_run(actual: Path, expected: Path) -> None:
+    """Final checkpoints, best models and logs of two runs agree exactly (wall-clock aside)."""
+    got, want = load_checkpoint(actual / "checkpoint.pt"), load_checkpoint(expected / "checkpoint.pt")
+    assert_state_dicts_equal(got["model"], want["model"])
+    got_opt, want_opt = got["optimizer"], want["optimizer"]
+    assert got_opt["param_groups"] == want_opt["param_groups"]  # the decayed learning rate too
+    assert got_opt["state"].keys() == want_opt["state"].keys()
+    for index, state in want_opt["state"].items():
+        assert got_opt["state"][index]["step"] == state["step"]
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(got_opt["state"][index][moment], state[moment]), (index, moment)
+    assert torch.equal(got["rng"]["torch"], want["rng"]["torch"])
+    for key in ("epoch", "step", "batch_in_epoch", "skipped_steps", "best_valid"):
+        assert got[key] == want[key], key
+    assert {**got["train_config"], "out": None} == {**want["train_config"], "out": None}
+    got_best, want_best = torch.load(actual / "best.pt"), torch.load(expected / "best.pt")
+    assert_state_dicts_equal(got_best["model"], want_best["model"])
+    assert (got_best["epoch"], got_best["valid_bound"]) == (want_best["epoch"], want_best["valid_bound"])
+    assert without_clock(log_records(actual)) == without_clock(log_records(expected))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run_training(tiny_data, out)
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Exact resumption after SIGKILL, SIGTERM and SIGINT
+# ----------------------------------------------------------------------------
+
+
+def test_uninterrupted_run_writes_one_record_per_evaluation_and_keeps_the_best(uninterrupted):
+    records = log_records(uninterrupted)
+    assert [r["epoch"] for r in records] == list(range(2, EPOCHS + 1, 2))
+    assert all(r.keys() == LOG_KEYS for r in records)
+    assert [r["step"] for r in records] == [r["epoch"] * STEPS_PER_EPOCH for r in records]
+    assert all(math.isfinite(r[key]) for r in records for key in LOG_KEYS)
+    best = torch.load(uninterrupted / "best.pt")
+    argmin = min(records, key=lambda r: r["valid_bound"])
+    assert (best["epoch"], best["valid_bound"]) == (argmin["epoch"], argmin["valid_bound"])
+    final = load_checkpoint(uninterrupted / "checkpoint.pt")
+    assert (final["epoch"], final["step"], final["batch_in_epoch"]) == (EPOCHS, EPOCHS * STEPS_PER_EPOCH, 0)
+    assert final["best_valid"] == argmin["valid_bound"]
+    assert sorted(p.name for p in uninterrupted.iterdir()) == [
+        "best.pt", "checkpoint.pt", "command.txt", "log.jsonl"
+    ]
+
+
+def test_sigkill_then_resume_ends_exactly_as_an_uninterrupted_run(uninterrupted, tiny_data, tmp_path):
+    out = tmp_path / "killed"
+    code, _ = start_and_stop(tiny_data, out, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    killed = load_checkpoint(out / "checkpoint.pt")
+    assert 1 <= killed["epoch"] < EPOCHS and killed["batch_in_epoch"] == 0
+
+    # Resuming really continues from the checkpoint: a run restarted from
+    # scratch with the same seed would also end equal, so check that it does not.
+    config, resume = parse_args([*command(tiny_data, out)[3:], "--resume"])
+    trainer = Trainer(config, resume=resume)
+    assert (trainer.epoch, trainer.step) == (killed["epoch"], killed["epoch"] * STEPS_PER_EPOCH)
+    assert_state_dicts_equal(trainer.model.state_dict(), killed["model"])
+    torch.manual_seed(config.seed)
+    initial = DMM(config.model_config()).state_dict()
+    assert any(not torch.equal(initial[name], value) for name, value in killed["model"].items())
+
+    run_training(tiny_data, out, "--resume")
+    assert_same_run(out, uninterrupted)
+
+
+def test_sigterm_saves_mid_epoch_and_resume_ends_exactly_as_an_uninterrupted_run(
+    uninterrupted, tiny_data, tmp_path
+):
+    out = tmp_path / "terminated"
+    code, stderr = start_and_stop(tiny_data, out, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM
+    assert f"Stopped by signal {int(signal.SIGTERM)}" in stderr
+    assert f"resume with --resume --out {out}" in stderr
+    stopped = load_checkpoint(out / "checkpoint.pt")
+    # Saved at the step after the signal, not at an epoch's end.
+    assert 1 <= stopped["batch_in_epoch"] <= STEPS_PER_EPOCH
+    assert stopped["step"] == stopped["epoch"] * STEPS_PER_EPOCH + stopped["batch_in_epoch"]
+    assert stopped["epoch"] < EPOCHS
+    # The command the message prints is enough: the checkpoint knows the rest
+    # (--device only because a GPU, where present, would be chosen otherwise).
+    result = subprocess.run(
+        [sys.executable, "-m", "dmm_helpers.train", "--resume", "--out", str(out), "--device", "cpu"],
+        env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr
+    assert_same_run(out, uninterrupted)
+
+
+def test_sigint_saves_a_checkpoint_at_the_next_step_and_restores_the_handlers(config, monkeypatch):
+    trainer = Trainer(dataclasses.replace(config, epochs=3))
+    real_step = Trainer.train_step
+
+    def step_then_interrupt(self, batch, beta):
+        loss = real_step(self, batch, beta)
+        if self.step == STEPS_PER_EPOCH + 1:  # the second step of the second epoch
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as stop:
+        trainer.run()
+    assert stop.value.code == 128 + signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is handler
+    saved = load_checkpoint(trainer.checkpoint_path)
+    assert (saved["epoch"], saved["batch_in_epoch"], saved["step"]) == (1, 2, STEPS_PER_EPOCH + 2)
+    assert_state_dicts_equal(saved["model"], trainer.model.state_dict())
+
+
+def test_resume_after_the_last_batch_of_an_epoch_logs_the_whole_epochs_loss(config, tmp_path, monkeypatch):
+    """A signal at an epoch's last step: the resumed epoch has no batches left, but its loss is known."""
+    reference = Trainer(dataclasses.replace(config, epochs=2, out=str(tmp_path / "ref")))
+    expected = reference.run()
+
+    stopped = Trainer(dataclasses.replace(config, epochs=2))
+    real_step = Trainer.train_step
+
+    def step_then_terminate(self, batch, beta):
+        loss = real_step(self, batch, beta)
+        if self.step == 2 * STEPS_PER_EPOCH - 1:  # the last step of the second epoch
+            self.stop_signal = signal.SIGTERM
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_terminate)
+    with pytest.raises(SystemExit):
+        stopped.run()
+    monkeypatch.undo()
+    assert load_checkpoint(stopped.checkpoint_path)["batch_in_epoch"] == STEPS_PER_EPOCH
+    resumed = Trainer(dataclasses.replace(config, epochs=2), resume=True)
+    records = resumed.run()
+    assert without_clock(records) == without_clock(expected[1:])
+    assert without_clock(log_records(Path(config.out))) == without_clock(expected)
+
+
+def test_resume_drops_log_records_written_after_the_checkpoint(config):
+    first = Trainer(config)
+    first.run()
+    epoch_one = first.checkpoint_path.read_bytes()
+    Trainer(dataclasses.replace(config, epochs=2), resume=True).run()
+    expected = log_records(Path(config.out))
+    # As if killed after logging epoch 2 but before its checkpoint was saved,
+    # while the log line of a later evaluation was half written.
+    first.checkpoint_path.write_bytes(epoch_one)
+    with open(Path(config.out) / "log.jsonl", "a") as handle:
+        handle.write('{"epoch": 3, "st')
+    Trainer(dataclasses.replace(config, epochs=2), resume=True).run()
+    records = log_records(Path(config.out))
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert without_clock(records) == without_clock(expected)
+
+
+def test_a_run_with_flows_resumes_exactly_too(config, tmp_path):
+    flows = dataclasses.replace(config, num_iafs=1, iaf_dim=8, epochs=3)
+    Trainer(dataclasses.replace(flows, out=str(tmp_path / "whole"))).run()
+    Trainer(dataclasses.replace(flows, epochs=1)).run()
+    Trainer(flows, resume=True).run()
+    weights = load_checkpoint(Path(config.out) / "checkpoint.pt")["model"]
+    assert any(name.startswith("iaf_nets") for name in weights)
+    assert_same_run(Path(config.out), tmp_path / "whole")
+
+
+def test_resume_of_a_finished_run_changes_nothing(config):
+    Trainer(config).run()
+    before = (Path(config.out) / "checkpoint.pt").read_bytes()
+    assert Trainer(config, resume=True).run() == []
+    assert (Path(config.out) / "checkpoint.pt").read_bytes() == before
+
+
+# ----------------------------------------------------------------------------
+# Atomic checkpoint writes
+# ----------------------------------------------------------------------------
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temporary_file(config, monkeypatch):
+    trainer = Trainer(config)
+    trainer.run()
+    out = Path(config.out)
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_save = torch.save
+
+    def save_half_then_fail(obj, handle):
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    trainer.step += 1  # something new to save
+    with pytest.raises(OSError, match="No space left"):
+        trainer.save_checkpoint()
+    with pytest.raises(OSError, match="No space left"):
+        trainer.save_best(0.0)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == STEPS_PER_EPOCH
+    load_model(out / "best.pt")
+
+
+KILL_DURING_SAVE = textwrap.dedent(
+    """
+    import io, json, os, signal, sys
+    import torch
+    from dmm_helpers.train import TrainConfig, Trainer
+
+    trainer = Trainer(TrainConfig(**json.loads(sys.argv[1])))
+    trainer.run()  # one epoch: a good checkpoint.pt
+    real_save = torch.save
+
+    def save_half_then_die(obj, handle):
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.save = save_half_then_die
+    trainer.step += 1
+    trainer.save_checkpoint()
+    """
+)
+
+
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint_intact(config):
+    settings = dataclasses.asdict(config)
+    result = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_SAVE, json.dumps(settings)], env=SUBPROCESS_ENV,
+        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    out = Path(config.out)
+    leftovers = list(out.glob(".checkpoint.pt.*.tmp"))
+    assert len(leftovers) == 1  # the kill really landed inside the write
+    full_size = (out / "checkpoint.pt").stat().st_size
+    assert 0 < leftovers[0].stat().st_size < full_size
+    saved = load_checkpoint(out / "checkpoint.pt")
+    assert (saved["epoch"], saved["step"]) == (1, STEPS_PER_EPOCH)
+    # The next run in the folder clears the dead save's temporary file.
+    trainer = Trainer(config, resume=True)
+    assert trainer.step == STEPS_PER_EPOCH
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------
+# Corrupt, foreign and incompatible checkpoints
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trained(config) -> Path:
+    """The folder of a finished one-epoch run."""
+    Trainer(config).run()
+    return Path(config.out)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda raw: raw[: len(raw) // 2], id="truncated"),
+        pytest.param(lambda raw: raw[:100], id="truncated-header"),
+        pytest.param(lambda raw: b"", id="empty"),
+        pytest.param(lambda raw: random.Random(0).randbytes(len(raw)), id="random-bytes"),
+        pytest.param(lambda raw: raw[:-200] + bytes(200), id="zeroed-tail"),
+    ],
+)
+def test_a_corrupt_checkpoint_is_a_checkpoint_error(trained, config, damage):
+    path = trained / "checkpoint.pt"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt is not a readable checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt"):
+        Trainer(config, resume=True)
+
+
+def test_a_missing_checkpoint_is_a_checkpoint_error(tmp_path, config):
+    with pytest.raises(CheckpointError, match="no checkpoint at .*nothing.pt"):
+        load_checkpoint(tmp_path / "nothing.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint at .*checkpoint.pt"):
+        Trainer(config, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("content", "found"),
+    [
+        pytest.param({"weight": torch.zeros(3)}, "None", id="state-dict"),
+        pytest.param({"format": 2, "model": {}}, "2", id="other-format"),
+        pytest.param(torch.zeros(3), "'Tensor'", id="tensor"),
+        pytest.param([1, 2, 3], "'list'", id="list"),
+    ],
+)
+def test_a_torch_file_of_something_else_is_a_checkpoint_error(tmp_path, content, found):
+    path = tmp_path / "other.pt"
+    torch.save(content, path)
+    with pytest.raises(CheckpointError, match=rf"not a dmm_helpers checkpoint .*\(found {found}\)"):
+        load_checkpoint(path)
+
+
+def test_a_pickled_module_is_refused_without_running_its_code(tmp_path):
+    path = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), path)  # a whole pickled object, not weights
+    with pytest.raises(CheckpointError, match=r"module\.pt is not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_resuming_with_another_model_size_names_the_flag(trained, config):
+    with pytest.raises(CheckpointError, match=r"--z-dim 4 -> 6"):
+        Trainer(dataclasses.replace(config, z_dim=6), resume=True)
+    with pytest.raises(CheckpointError, match=r"--rnn-dim 16 -> 32.*--seed 3 -> 4"):
+        Trainer(dataclasses.replace(config, rnn_dim=32, seed=4), resume=True)
+
+
+def test_resuming_may_change_the_epochs_and_keeps_the_stored_settings(trained, config):
+    # Flags left at their defaults take the checkpoint's values (z_dim 4, not 100;
+    # eval_every 1, not 10), so `--resume --out DIR` alone continues the run as it was.
+    bare = Trainer(TrainConfig(out=config.out), resume=True)
+    assert bare.config == dataclasses.replace(config, device="auto")
+    longer = Trainer(dataclasses.replace(TrainConfig(), out=config.out, epochs=2), resume=True)
+    assert longer.config == dataclasses.replace(config, device="auto", epochs=2)
+    assert longer.model.config.z_dim == 4
+
+
+def test_weights_of_another_size_name_the_mismatching_tensors(trained):
+    state = torch.load(trained / "best.pt")
+    state["model_config"]["z_dim"] = 5
+    torch.save(state, trained / "best.pt")
+    with pytest.raises(CheckpointError, match=r"different model: .*z_0 \(4,\) vs \(5,\)"):
+        load_model(trained / "best.pt")
+
+
+def test_weights_with_missing_or_unexpected_tensors_are_named(trained):
+    state = torch.load(trained / "best.pt")
+    state["model"]["extra.weight"] = state["model"].pop("z_q_0")
+    torch.save(state, trained / "best.pt")
+    with pytest.raises(CheckpointError, match=r"missing \['z_q_0'\], unexpected \['extra.weight'\]"):
+        load_model(trained / "best.pt")
+
+
+def test_a_model_config_that_disagrees_with_the_flags_is_refused_on_resume(trained, config):
+    path = trained / "checkpoint.pt"
+    state = torch.load(path)
+    state["model_config"]["rnn_dim"] = 17
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt is for the model .*rnn_dim=17"):
+        Trainer(config, resume=True)
+
+
+def test_unusable_stored_configs_are_checkpoint_errors(trained, config):
+    best = torch.load(trained / "best.pt")
+    del best["model_config"]
+    torch.save(best, trained / "best.pt")
+    with pytest.raises(CheckpointError, match="stored model config is not usable"):
+        load_model(trained / "best.pt")
+    state = torch.load(trained / "checkpoint.pt")
+    state["train_config"]["momentum"] = 0.9
+    torch.save(state, trained / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"unknown flags \['momentum'\]"):
+        Trainer(config, resume=True)
+
+
+def test_resuming_from_best_pt_says_it_holds_no_training_state(trained, config):
+    os.replace(trained / "best.pt", trained / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"no training state .*'optimizer'.*needs checkpoint\.pt"):
+        Trainer(config, resume=True)
+
+
+def test_load_model_restores_the_best_weights_in_evaluation_mode(trained, config):
+    best = torch.load(trained / "best.pt")
+    model = load_model(trained / "best.pt")
+    assert not model.training
+    assert_state_dicts_equal(model.state_dict(), best["model"])
+    assert (best["data"], best["versions"]) == (config.data, train.versions())
+
+
+# ----------------------------------------------------------------------------
+# The non-finite guard
+# ----------------------------------------------------------------------------
+
+
+def nan_on_calls(monkeypatch, bad_calls) -> list[float]:
+    """Make ``train.elbo`` NaN on the given calls (0-based); returns the betas it was called with."""
+    real_elbo = train.elbo
+    betas = []
+
+    def elbo(model, batch, annealing_factor=1.0, **kwargs):
+        value = real_elbo(model, batch, annealing_factor=annealing_factor, **kwargs)
+        if model.training:  # evaluations run in eval mode and stay untouched
+            betas.append(annealing_factor)
+            if len(betas) - 1 in bad_calls:
+                return value * math.nan  # still a graph: backward() would run
+        return value
+
+    monkeypatch.setattr(train, "elbo", elbo)
+    return betas
+
+
+def test_a_nan_loss_is_skipped_and_leaves_parameters_and_optimiser_untouched(config, monkeypatch):
+    trainer = Trainer(config)
+    trainer.model.train()
+    batch = make_batch(trainer.train_set[:BATCH_SIZE])
+    weights = copy.deepcopy(trainer.model.state_dict())
+    optimiser = copy.deepcopy(trainer.optimizer.state_dict())
+    nan_on_calls(monkeypatch, {0})
+    assert trainer.train_step(batch, 0.5) is None
+    assert_state_dicts_equal(trainer.model.state_dict(), weights)
+    assert trainer.optimizer.state_dict() == optimiser  # no moments, lr not decayed
+    assert all(p.grad is None for p in trainer.model.parameters())
+    assert (trainer.skipped_steps, trainer.bad_in_a_row) == (1, 1)
+    loss = trainer.train_step(batch, 0.5)  # a good step resets the run of bad ones
+    assert loss is not None and math.isfinite(loss)
+    assert (trainer.skipped_steps, trainer.bad_in_a_row) == (1, 0)
+    assert not torch.equal(trainer.model.z_0, weights["z_0"])
+
+
+def test_a_nan_gradient_with_a_finite_loss_is_skipped(config, monkeypatch):
+    trainer = Trainer(config)
+    batch = make_batch(trainer.train_set[:BATCH_SIZE])
+    weights = copy.deepcopy(trainer.model.state_dict())
+    real_elbo = train.elbo
+
+    def elbo_with_nan_gradient(model, batch, **kwargs):
+        # 0 * sqrt(0 * z_0): the value is 0, its gradient 0 * inf = NaN.
+        return real_elbo(model, batch, **kwargs) + 0.0 * torch.sqrt(model.z_0.sum() * 0.0)
+
+    monkeypatch.setattr(train, "elbo", elbo_with_nan_gradient)
+    assert trainer.train_step(batch, 1.0) is None
+    assert_state_dicts_equal(trainer.model.state_dict(), weights)
+    assert trainer.skipped_steps == 1
+
+
+def test_scattered_nan_steps_are_counted_and_training_goes_on(config, monkeypatch):
+    bad = {1, 2, 4, 5}  # never three in a row
+    betas = nan_on_calls(monkeypatch, bad)
+    trainer = Trainer(dataclasses.replace(config, epochs=3, max_bad_steps=3))
+    records = trainer.run()
+    assert len(betas) == 3 * STEPS_PER_EPOCH
+    assert [r["skipped_steps"] for r in records] == [2, 4, 4]
+    assert load_checkpoint(trainer.checkpoint_path)["skipped_steps"] == len(bad)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_continual_nan_losses_stop_the_run_and_keep_the_last_good_checkpoint(config, monkeypatch):
+    config = dataclasses.replace(config, max_bad_steps=4)
+    Trainer(config).run()
+    good = load_checkpoint(Path(config.out) / "checkpoint.pt")
+    nan_on_calls(monkeypatch, set(range(1000)))
+    trainer = Trainer(dataclasses.replace(config, epochs=5), resume=True)
+    handler = signal.getsignal(signal.SIGTERM)
+    message = r"4 steps in a row gave a non-finite loss .*intact.*a new run with a smaller --learning-rate"
+    with pytest.raises(NonFiniteLossError, match=message):
+        trainer.run()
+    assert signal.getsignal(signal.SIGTERM) is handler
+    # The epoch of skipped steps was saved; the NaNs never reached the weights.
+    last = load_checkpoint(Path(config.out) / "checkpoint.pt")
+    assert (last["epoch"], last["skipped_steps"]) == (2, STEPS_PER_EPOCH)
+    assert_state_dicts_equal(last["model"], good["model"])
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+    monkeypatch.undo()
+    assert Trainer(config, resume=True).epoch == 2
+
+
+# ----------------------------------------------------------------------------
+# Schedule, devices, data, log, command line
+# ----------------------------------------------------------------------------
+
+
+def pyro_example_factor(step: int, steps_per_epoch: int, annealing_epochs: int, minimum: float) -> float:
+    """The KL factor as Pyro's ``examples/dmm.py`` computes it, from the epoch and batch index."""
+    epoch, batch = divmod(step, steps_per_epoch)
+    if annealing_epochs > 0 and epoch < annealing_epochs:
+        return minimum + (1.0 - minimum) * (batch + 1 + epoch * steps_per_epoch) / (
+            annealing_epochs * steps_per_epoch
+        )
+    return 1.0
+
+
+@pytest.mark.parametrize(("annealing_epochs", "minimum"), [(4, 0.2), (1, 0.0), (3, 0.5), (0, 0.2), (2, 1.0)])
+def test_annealing_factor_rises_linearly_from_the_minimum_to_one(annealing_epochs, minimum):
+    config = TrainConfig(annealing_epochs=annealing_epochs, minimum_annealing_factor=minimum)
+    steps_per_epoch = 7
+    factors = [annealing_factor(step, steps_per_epoch, config) for step in range(30)]
+    expected = [pyro_example_factor(s, steps_per_epoch, annealing_epochs, minimum) for s in range(30)]
+    assert factors == pytest.approx(expected, abs=1e-12)
+    assert max(factors) == 1.0 and factors[-1] == 1.0  # capped, and reached exactly
+    if annealing_epochs > 0 and minimum < 1:
+        last = annealing_epochs * steps_per_epoch - 1  # the last step of the annealing epochs
+        increment = (1 - minimum) / (annealing_epochs * steps_per_epoch)
+        assert factors[0] == pytest.approx(minimum + increment)
+        assert factors[last] == pytest.approx(1.0) and factors[last - 1] < 1.0
+        assert all(b - a == pytest.approx(increment) for a, b in zip(factors[:last], factors[1 : last + 1]))
+
+
+def test_training_uses_the_schedule_step_by_step_and_logs_it(config, monkeypatch):
+    betas = nan_on_calls(monkeypatch, set())
+    trainer = Trainer(dataclasses.replace(config, epochs=3, annealing_epochs=2))
+    records = trainer.run()
+    expected = [annealing_factor(s, STEPS_PER_EPOCH, trainer.config) for s in range(3 * STEPS_PER_EPOCH)]
+    assert betas == expected and betas[-1] == 1.0 and betas[0] < betas[1] < 1.0
+    assert [r["annealing_factor"] for r in records] == [expected[r["step"] - 1] for r in records]
+    decay = trainer.config.lr_decay
+    assert records[-1]["learning_rate"] == pytest.approx(
+        trainer.config.learning_rate * decay ** (3 * STEPS_PER_EPOCH), rel=1e-12
+    )
+
+
+def test_best_pt_holds_the_weights_of_the_best_validation_bound(config, monkeypatch):
+    valid_bounds = iter([5.0, 3.0, 4.0, 3.5])
+    weights_at = []
+
+    def fake_bound(model, sequences, batch_size=100):
+        if sequences is trainer.data["valid"]:
+            weights_at.append(copy.deepcopy(model.state_dict()))
+            return next(valid_bounds)
+        return 9.0
+
+    monkeypatch.setattr(train, "evaluate_bound", fake_bound)
+    trainer = Trainer(dataclasses.replace(config, epochs=4))
+    records = trainer.run()
+    assert [r["valid_bound"] for r in records] == [5.0, 3.0, 4.0, 3.5]
+    best = torch.load(Path(config.out) / "best.pt")
+    assert (best["epoch"], best["valid_bound"]) == (2, 3.0)
+    assert_state_dicts_equal(best["model"], weights_at[1])
+    assert load_checkpoint(trainer.checkpoint_path)["best_valid"] == 3.0
+
+
+def test_a_run_without_validation_data_logs_no_valid_bound_and_writes_no_best(tmp_path, config):
+    data = json.loads(Path(config.data).read_text())
+    data["valid"] = []
+    (tmp_path / "novalid.json").write_text(json.dumps(data))
+    trainer = Trainer(dataclasses.replace(config, data=str(tmp_path / "novalid.json")))
+    (record,) = trainer.run()
+    assert "valid_bound" not in record and "test_bound" in record
+    assert not (Path(config.out) / "best.pt").exists()
+
+
+def test_a_fresh_run_starts_a_new_log_and_records_its_command(config):
+    Trainer(dataclasses.replace(config, epochs=2)).run()
+    Trainer(config).run()  # not --resume: starts over in the same folder
+    assert [r["epoch"] for r in log_records(Path(config.out))] == [1]
+    command_line, versions = (Path(config.out) / "command.txt").read_text().splitlines()
+    assert command_line.startswith("python -m dmm_helpers.train")
+    assert json.loads(versions.removeprefix("# ")) == train.versions()
+
+
+def test_resolve_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="--device cuda was asked for, but torch sees no CUDA"):
+        resolve_device("cuda")
+    for name in ("gpu", "CPU", "cuda:0", ""):
+        with pytest.raises(ValueError, match=r'--device must be "auto", "cpu" or "cuda", got'):
+            resolve_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda") == torch.device("cuda")
+
+
+def test_load_data_dispatches_on_the_data_flag(tmp_path, tiny_data, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train, "load_jsb", lambda *path: calls.append(("jsb", *path)) or "jsb")
+    monkeypatch.setattr(train, "load_bach_chorales", lambda: calls.append(("bach",)) or "bach")
+    monkeypatch.setattr(train, "load_sequences", lambda path: calls.append(("own", path)) or "own")
+    assert load_data("jsb") == "jsb" and load_data("bach") == "bach"
+    assert load_data(str(tiny_data)) == "own"
+    assert load_data(str(tmp_path)) == "own"  # a folder of MIDI files
+    # A file with the canonical file's SHA-256 is read as JSB, checksum and all.
+    monkeypatch.setattr(train, "JSB_SHA256", train.sha256_of(tiny_data))
+    assert load_data(str(tiny_data)) == "jsb"
+    assert calls == [
+        ("jsb",), ("bach",), ("own", Path(tiny_data)), ("own", tmp_path), ("jsb", Path(tiny_data))
+    ]
+    with pytest.raises(FileNotFoundError, match=r"--data 'nowhere.json': no such file"):
+        load_data("nowhere.json")
+
+
+def test_load_data_reads_a_json_file_in_the_jsb_format(tiny_data):
+    data = load_data(str(tiny_data))
+    raw = json.loads(tiny_data.read_text())
+    assert {split: len(rolls) for split, rolls in data.items()} == {"train": 6, "valid": 3, "test": 2}
+    first = data["train"][0]
+    assert first.shape == (len(raw["train"][0]), 88)
+    assert first.sum(-1).tolist() == [len(step) for step in raw["train"][0]]
+
+
+def test_parse_args_has_one_flag_per_setting():
+    config, resume = parse_args([])
+    assert (config, resume) == (TrainConfig(), False)
+    config, resume = parse_args(flags(TINY) + ["--resume", "--data", "bach", "--num-iafs", "2"])
+    assert resume and config == TrainConfig(**TINY, data="bach", num_iafs=2)
+    assert config.model_config(88).z_dim == 4 and config.model_config(88).num_iafs == 2
+    with pytest.raises(SystemExit):
+        parse_args(["--z-dim", "four"])
+    with pytest.raises(SystemExit):
+        parse_args(["--no-such-flag"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_asking_for_cuda_without_a_gpu_fails_before_anything_is_written(config):
+    with pytest.raises(ValueError, match="no CUDA device"):
+        Trainer(dataclasses.replace(config, device="cuda"))
+    assert not Path(config.out).exists()
+
+
+def test_how_often_a_run_is_evaluated_does_not_change_its_training(config, tmp_path):
+    """Evaluation samples from its own seeded generator, not the training RNG."""
+    import dataclasses
+
+    often = dataclasses.replace(config, out=str(tmp_path / "often"), epochs=3, eval_every=1)
+    never = dataclasses.replace(config, out=str(tmp_path / "never"), epochs=3, eval_every=0)
+    Trainer(often).run()
+    Trainer(never).run()
+    state_often = torch.load(tmp_path / "often" / "checkpoint.pt", weights_only=True)
+    state_never = torch.load(tmp_path / "never" / "checkpoint.pt", weights_only=True)
+    assert_state_dicts_equal(state_often["model"], state_never["model"])
+    assert len(log_records(tmp_path / "often")) == 3
