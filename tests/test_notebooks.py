@@ -44,7 +44,10 @@ else:
         [sys.executable, "-m", "pip", "install", "--quiet",
          "dmm-helpers @ git+{REPOSITORY_URL}"],
         check=True,
-    )'''
+    )
+    # FluidSynth and a General MIDI soundfont give the audio players real
+    # instruments; without them the book falls back to its own synthesis.
+    subprocess.run(["apt-get", "install", "-y", "-qq", "fluidsynth", "fluid-soundfont-gm"])'''
 
 SMOKE_LINE = 'smoke_test = "CI" in os.environ'
 
