@@ -19,3 +19,22 @@ if [ -z "${DMM_JSB_PATH:-}" ] && [ -f ../shared/data/jsb-chorales-quarter.json ]
     export DMM_JSB_PATH
 fi
 export MPLBACKEND="${MPLBACKEND:-Agg}"
+
+# Debian packages that make the book better but are not Python packages:
+# FluidSynth and a General MIDI soundfont (real instruments in the audio
+# players; without them the book synthesises its own sound) and LilyPond (score
+# images). Installed where this runs as root with apt-get (CI, containers,
+# Colab); elsewhere the chapters fall back and this says how to install them.
+install_debian_packages() {
+    local missing=()
+    for package in "$@"; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "Note: not installing ${missing[*]} (needs root and apt-get); the book falls back without them." >&2
+    fi
+}

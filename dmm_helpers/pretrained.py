@@ -1,0 +1,150 @@
+"""The trained models shipped with the book, and how they are found and checked.
+
+Chapters 06 and 07 evaluate these models live. Each lives in a folder
+``pretrained/NAME/`` of the repository with three files: ``model.pt`` (the
+best-on-valid weights and config written by :mod:`dmm_helpers.train`),
+``log.jsonl`` (its training log) and ``command.txt`` (the command that trained
+it). ``pretrained.json``, inside the package, lists every file with its
+SHA-256, so a file is used only if it is exactly the one that was shipped.
+
+Where the files are looked for, in order:
+
+1. ``$DMM_PRETRAINED_DIR/NAME/``, if that variable is set;
+2. ``pretrained/NAME/`` beside the package, in a clone of the repository;
+3. the cache folder (:func:`dmm_helpers.data.default_cache_dir`), downloading
+   any missing file from the repository first (as in Colab, where only the
+   package is installed).
+
+Maintainers ship a finished run with
+``python -m dmm_helpers.pretrained ship runs/jsb_dmm --name jsb_dmm --description "..."``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dmm_helpers.data import ChecksumError, _atomic_write_bytes, _download, default_cache_dir, sha256_of
+from dmm_helpers.dmm import DMM
+
+# The repository, as in _config.yml (a test checks that the two agree).
+REPOSITORY_URL = "https://github.com/dmm-book/deep-markov-models"
+RAW_URL = REPOSITORY_URL.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/pretrained"
+MANIFEST_PATH = Path(__file__).with_name("pretrained.json")
+REPOSITORY_DIR = Path(__file__).resolve().parents[1] / "pretrained"
+FILES = ("model.pt", "log.jsonl", "command.txt")
+
+
+def manifest() -> dict[str, dict[str, Any]]:
+    """``{name: {"description": ..., "files": {file: sha256}}}`` for every shipped model."""
+    return json.loads(MANIFEST_PATH.read_text())
+
+
+def _entry(name: str) -> dict[str, Any]:
+    models = manifest()
+    if name not in models:
+        raise KeyError(f"no shipped model named {name!r}; available: {sorted(models)}")
+    return models[name]
+
+
+def _verified(path: Path, expected: str) -> bool:
+    return path.is_file() and sha256_of(path) == expected
+
+
+def pretrained_dir(name: str) -> Path:
+    """The folder holding ``name``'s files, each checked against the manifest (downloads if needed)."""
+    files = _entry(name)["files"]
+    candidates = []
+    if os.environ.get("DMM_PRETRAINED_DIR"):
+        candidates.append(Path(os.environ["DMM_PRETRAINED_DIR"]) / name)
+    candidates.append(REPOSITORY_DIR / name)
+    for folder in candidates:
+        if all((folder / file).is_file() for file in files):
+            for file, expected in files.items():
+                actual = sha256_of(folder / file)
+                if actual != expected:
+                    raise ChecksumError(
+                        f"{folder / file} has SHA-256 {actual}, but the shipped file has "
+                        f"{expected}: the file was changed after it was shipped (re-ship it "
+                        "with `python -m dmm_helpers.pretrained ship`, or restore it)"
+                    )
+            return folder
+    folder = default_cache_dir() / "pretrained" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for file, expected in files.items():
+        if not _verified(folder / file, expected):
+            _download(f"{RAW_URL}/{name}/{file}", folder / file, expected)
+    return folder
+
+
+def load_pretrained(name: str, device: torch.device | str = "cpu") -> DMM:
+    """The shipped model ``name`` (e.g. ``"jsb_dmm"``), in evaluation mode on ``device``."""
+    from dmm_helpers.train import load_model
+
+    return load_model(pretrained_dir(name) / "model.pt", device)
+
+
+def training_log(name: str) -> list[dict[str, Any]]:
+    """The shipped model's training log: one record per evaluation (see :mod:`dmm_helpers.train`)."""
+    text = (pretrained_dir(name) / "log.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def training_command(name: str) -> str:
+    """The command line that trained the shipped model."""
+    return (pretrained_dir(name) / "command.txt").read_text().splitlines()[0]
+
+
+def ship(run_dir: str | os.PathLike, name: str, description: str, target: Path | None = None) -> Path:
+    """Copy a run's ``best.pt``, ``log.jsonl`` and ``command.txt`` into ``pretrained/name`` and list them.
+
+    Every file is written to a temporary name and renamed; the manifest last,
+    so a shipped folder is never listed with files it does not have.
+    """
+    run = Path(run_dir)
+    sources = {"model.pt": run / "best.pt", "log.jsonl": run / "log.jsonl", "command.txt": run / "command.txt"}
+    missing = [str(path) for path in sources.values() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"cannot ship {run}: missing {missing}")
+    if not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"a model name is letters, digits and underscores, got {name!r}")
+    folder = (target or REPOSITORY_DIR) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for file, source in sources.items():
+        tmp = folder / f".{file}.tmp"
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, folder / file)
+    models = manifest() if MANIFEST_PATH.exists() else {}
+    models[name] = {
+        "description": description,
+        "files": {file: sha256_of(folder / file) for file in FILES},
+    }
+    _atomic_write_bytes(MANIFEST_PATH, (json.dumps(models, indent=2, sort_keys=True) + "\n").encode())
+    return folder
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dmm_helpers.pretrained")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="the shipped models")
+    ship_parser = commands.add_parser("ship", help="ship a training run's best model")
+    ship_parser.add_argument("run_dir")
+    ship_parser.add_argument("--name", required=True)
+    ship_parser.add_argument("--description", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "ship":
+        print(ship(args.run_dir, args.name, args.description))
+    else:
+        for name, entry in manifest().items():
+            print(f"{name}: {entry['description']}")
+
+
+if __name__ == "__main__":
+    main()

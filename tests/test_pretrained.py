@@ -1,0 +1,128 @@
+"""The shipped models: the manifest matches the files, tampering is caught, downloads are verified."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dmm_helpers import pretrained
+from dmm_helpers.data import ChecksumError
+from dmm_helpers.dmm import DMM
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_repository_url_is_the_books():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert pretrained.REPOSITORY_URL == config["repository"]["url"].rstrip("/")
+
+
+def test_every_shipped_file_matches_the_manifest():
+    models = pretrained.manifest()
+    assert {"jsb_dmm", "jsb_dmm_iaf"} <= set(models)
+    for name, entry in models.items():
+        assert set(entry["files"]) == set(pretrained.FILES), name
+        for file, expected in entry["files"].items():
+            data = (ROOT / "pretrained" / name / file).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == expected, f"{name}/{file} changed since shipping"
+
+
+@pytest.mark.parametrize("name", ["jsb_dmm", "jsb_dmm_iaf"])
+def test_shipped_models_load_and_their_logs_and_commands_agree(name):
+    model = pretrained.load_pretrained(name)
+    assert isinstance(model, DMM) and not model.training
+    log = pretrained.training_log(name)
+    assert log and all("valid_bound" in record for record in log)
+    command = pretrained.training_command(name)
+    assert command.startswith("python -m dmm_helpers.train ")
+    assert ("--num-iafs 2" in command) == (model.config.num_iafs == 2)
+    state = torch.load(pretrained.pretrained_dir(name) / "model.pt", weights_only=True)
+    assert state["valid_bound"] == min(record["valid_bound"] for record in log if record["epoch"] <= state["epoch"])
+
+
+def test_an_unknown_name_lists_the_available_models():
+    with pytest.raises(KeyError, match="no shipped model named 'nope'; available: .*jsb_dmm"):
+        pretrained.pretrained_dir("nope")
+
+
+def test_a_tampered_file_is_refused(tmp_path, monkeypatch):
+    shutil.copytree(ROOT / "pretrained" / "jsb_dmm", tmp_path / "jsb_dmm")
+    with open(tmp_path / "jsb_dmm" / "log.jsonl", "a") as handle:
+        handle.write("\n")
+    monkeypatch.setenv("DMM_PRETRAINED_DIR", str(tmp_path))
+    with pytest.raises(ChecksumError, match=r"log\.jsonl has SHA-256 [0-9a-f]{64}, but the shipped file has"):
+        pretrained.pretrained_dir("jsb_dmm")
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Serves a copy of pretrained/ on 127.0.0.1 with one file corrupted on request."""
+    root = tmp_path / "served"
+    shutil.copytree(ROOT / "pretrained", root / "pretrained")
+    handler = lambda *args: _Files(*args, directory=str(root))  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root / "pretrained", f"http://127.0.0.1:{httpd.server_address[1]}/pretrained"
+    httpd.shutdown()
+
+
+def _away_from_the_repository(monkeypatch, tmp_path, url):
+    monkeypatch.delenv("DMM_PRETRAINED_DIR", raising=False)
+    monkeypatch.setattr(pretrained, "REPOSITORY_DIR", tmp_path / "not-a-clone")
+    monkeypatch.setattr(pretrained, "RAW_URL", url)
+    monkeypatch.setenv("DMM_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_without_a_clone_the_files_are_downloaded_and_verified(server, tmp_path, monkeypatch):
+    _, url = server
+    _away_from_the_repository(monkeypatch, tmp_path, url)
+    folder = pretrained.pretrained_dir("jsb_dmm")
+    assert folder == tmp_path / "cache" / "pretrained" / "jsb_dmm"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(pretrained.FILES)
+    assert pretrained.load_pretrained("jsb_dmm").config.num_iafs == 0
+
+
+def test_a_corrupt_download_leaves_nothing_behind(server, tmp_path, monkeypatch):
+    served, url = server
+    (served / "jsb_dmm" / "model.pt").write_bytes(b"not a model")
+    _away_from_the_repository(monkeypatch, tmp_path, url)
+    with pytest.raises(ChecksumError):
+        pretrained.pretrained_dir("jsb_dmm")
+    assert not (tmp_path / "cache" / "pretrained" / "jsb_dmm" / "model.pt").exists()
+    leftovers = [p.name for p in (tmp_path / "cache" / "pretrained" / "jsb_dmm").iterdir()]
+    assert all(name in pretrained.FILES for name in leftovers), leftovers
+
+
+def test_ship_copies_the_run_and_lists_its_checksums(tmp_path, monkeypatch):
+    manifest_copy = tmp_path / "pretrained.json"
+    shutil.copyfile(pretrained.MANIFEST_PATH, manifest_copy)
+    monkeypatch.setattr(pretrained, "MANIFEST_PATH", manifest_copy)
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(ROOT / "pretrained" / "jsb_dmm" / "model.pt", run / "best.pt")
+    (run / "log.jsonl").write_text('{"step": 1, "valid_bound": 9.0}\n')
+    (run / "command.txt").write_text("python -m dmm_helpers.train --epochs 1\n")
+    folder = pretrained.ship(run, "tiny", "a test model", target=tmp_path / "shipped")
+    entry = json.loads(manifest_copy.read_text())["tiny"]
+    assert entry["description"] == "a test model"
+    for file, digest in entry["files"].items():
+        assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == digest
+    assert not list(folder.glob(".*.tmp"))
+    with pytest.raises(FileNotFoundError, match="missing"):
+        pretrained.ship(tmp_path / "empty", "tiny", "x", target=tmp_path / "shipped")
+    with pytest.raises(ValueError, match="letters, digits and underscores"):
+        pretrained.ship(run, "../evil", "x", target=tmp_path / "shipped")
