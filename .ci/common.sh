@@ -19,6 +19,7 @@ if [ -z "${DMM_JSB_PATH:-}" ] && [ -f ../shared/data/jsb-chorales-quarter.json ]
     export DMM_JSB_PATH
 fi
 export MPLBACKEND="${MPLBACKEND:-Agg}"
+"$PYTHON" .ci/fetch_mathjax.py
 
 # Debian packages that make the book better but are not Python packages:
 # FluidSynth and a General MIDI soundfont (real instruments in the audio
