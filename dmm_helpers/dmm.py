@@ -228,7 +228,8 @@ class DMM(nn.Module):
         """The guide's inverse autoregressive flows for one time step.
 
         ``y = sigma(x) * x + (1 - sigma(x)) * mu(x)`` per flow, with
-        ``sigma = sigmoid(s)`` and ``(mu, s)`` from the shared networks
+        ``sigma = sigmoid(s + 2)`` (Pyro's ``sigmoid_bias``, which starts each
+        flow close to the identity) and ``(mu, s)`` from the shared networks
         ``iaf_nets``: the numerically stable form of Kingma et al. (2016, eq. 14).
         The plain form ``y = mu + exp(s) * x`` lets ``z`` grow without bound
         along a chorale; on JSB it produced non-finite losses within the first

@@ -95,6 +95,25 @@ class TrainConfig:
     num_iafs: int = 0  # inverse autoregressive flows in the guide
     iaf_dim: int = 100  # hidden units of each flow's network
 
+    def command(self) -> str:
+        """The command line that trains with these settings: every flag that differs from its default.
+
+        Built from the settings rather than ``sys.argv``, so a run started from
+        Python or a notebook records a command that reproduces it too.
+        """
+        defaults = TrainConfig()
+        parts = ["python", "-m", "dmm_helpers.train"]
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value == getattr(defaults, field.name):
+                continue
+            flag = field.name.replace("_", "-")
+            if isinstance(value, bool):
+                parts.append(f"--{flag}" if value else f"--no-{flag}")
+            else:
+                parts += [f"--{flag}", str(value)]
+        return " ".join(shlex.quote(part) for part in parts)
+
     def model_config(self, input_dim: int = 88) -> DMMConfig:
         """The :class:`DMMConfig` these flags describe."""
         return DMMConfig(
@@ -376,8 +395,7 @@ class Trainer:
         os.replace(tmp, log)
 
     def _write_command(self) -> None:
-        command = "python -m dmm_helpers.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        text = f"{command}\n# {json.dumps(versions())}\n"
+        text = f"{self.config.command()}\n# {json.dumps(versions())}\n"
         tmp = self.out / ".command.txt.tmp"
         tmp.write_text(text)
         os.replace(tmp, self.out / "command.txt")

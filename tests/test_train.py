@@ -777,3 +777,19 @@ def test_how_often_a_run_is_evaluated_does_not_change_its_training(config, tmp_p
     state_never = torch.load(tmp_path / "never" / "checkpoint.pt", weights_only=True)
     assert_state_dicts_equal(state_often["model"], state_never["model"])
     assert len(log_records(tmp_path / "often")) == 3
+
+
+def test_the_recorded_command_reproduces_the_settings(config):
+    """command.txt is built from the settings, so parsing it back gives the same run."""
+    import dataclasses
+    import shlex
+
+    from dmm_helpers.train import parse_args
+
+    changed = dataclasses.replace(config, num_iafs=1, learning_rate=1e-3, progress=False)
+    words = shlex.split(changed.command())
+    assert words[:3] == ["python", "-m", "dmm_helpers.train"]
+    assert "--num-iafs" in words and "--no-progress" in words and "--z-dim" in words
+    assert "--beta1" not in words  # left at its default
+    parsed, resume = parse_args(words[3:])
+    assert parsed == changed and not resume
