@@ -20,8 +20,8 @@ from torch import nn
 
 from dmm_helpers.data import Batch, make_batch
 from dmm_helpers.dmm import DMM, DMMConfig, LinearGaussianDMM
+from dmm_fixtures import random_batch, small_dmm
 
-SMALL = DMMConfig(input_dim=88, z_dim=3, emission_dim=5, transition_dim=6, rnn_dim=7, iaf_dim=4)
 
 
 def sample_sites(trace: poutine.Trace) -> list[str]:
@@ -33,25 +33,6 @@ def sample_sites(trace: poutine.Trace) -> list[str]:
     ]
 
 
-def random_batch(
-    lengths: list[int], seed: int = 0, dtype: torch.dtype = torch.float64
-) -> Batch:
-    """Sparse random piano rolls (about 10 notes of 88 on) of the given lengths."""
-    generator = torch.Generator().manual_seed(seed)
-    rolls = [
-        torch.bernoulli(torch.full((length, 88), 0.1, dtype=dtype), generator=generator)
-        for length in lengths
-    ]
-    return make_batch(rolls)
-
-
-def small_dmm(num_iafs: int = 0, seed: int = 0) -> DMM:
-    torch.manual_seed(seed)
-    dmm = DMM(DMMConfig(**{**SMALL.to_dict(), "num_iafs": num_iafs})).double()
-    with torch.no_grad():  # learned starts away from zero, so they matter
-        for start in (dmm.z_0, dmm.z_q_0, dmm.rnn.h_0):
-            start.normal_()
-    return dmm
 
 
 @pytest.fixture(autouse=True)

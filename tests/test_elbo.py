@@ -22,30 +22,14 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from dmm_helpers import lgssm
 from dmm_helpers.data import Batch, make_batch, reverse_sequences
-from dmm_helpers.dmm import DMM, DMMConfig, LinearGaussianDMM
+from dmm_helpers.dmm import DMM, LinearGaussianDMM
+from dmm_fixtures import SMALL, random_batch, small_dmm
 from dmm_helpers.elbo import elbo, elbo_terms, gaussian_kl
 
-SMALL = DMMConfig(input_dim=88, z_dim=3, emission_dim=5, transition_dim=6, rnn_dim=7, iaf_dim=4)
 RTOL = 1e-9  # float64; the acceptance criterion is 1e-4
 close = partial(torch.allclose, rtol=RTOL, atol=0.0)
 
 
-def random_batch(lengths: list[int], seed: int = 0) -> Batch:
-    generator = torch.Generator().manual_seed(seed)
-    rolls = [
-        torch.bernoulli(torch.full((length, 88), 0.1, dtype=torch.float64), generator=generator)
-        for length in lengths
-    ]
-    return make_batch(rolls)
-
-
-def small_dmm(num_iafs: int = 0, seed: int = 0) -> DMM:
-    torch.manual_seed(seed)
-    dmm = DMM(DMMConfig(**{**SMALL.to_dict(), "num_iafs": num_iafs})).double()
-    with torch.no_grad():  # learned starts away from zero, so they matter
-        for start in (dmm.z_0, dmm.z_q_0, dmm.rnn.h_0):
-            start.normal_()
-    return dmm
 
 
 def recorded_noise(guide_trace: poutine.Trace, num_steps: int) -> torch.Tensor:
