@@ -82,6 +82,8 @@ def site() -> Path:
     """Build the website in smoke mode, exactly as the book build does but with CI set."""
     output = ARTIFACTS / "site"
     env = {**os.environ, "CI": "true"}
+    stamp = [sys.executable, str(ROOT / ".ci" / "cache_stamp.py")]
+    subprocess.run([*stamp, "check", str(output / "_build")], check=True)
     result = subprocess.run(
         [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
          "build", str(ROOT), "--path-output", str(output), "--all", "-W", "-n", "--keep-going"],
@@ -91,6 +93,7 @@ def site() -> Path:
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(result.stdout + result.stderr)
     assert result.returncode == 0, f"the smoke-mode book build failed; see {log}:\n{result.stderr[-4000:]}"
+    subprocess.run([*stamp, "write", str(output / "_build")], check=True)
     return output / "_build" / "html"
 
 
