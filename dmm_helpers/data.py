@@ -481,6 +481,12 @@ def load_sequences(path: str | os.PathLike) -> dict[str, list[torch.Tensor]]:
       ``i % 10`` in 0-7 -> train, 8 -> valid, 9 -> test (so fewer than nine
       files all land in train).
 
+    MIDI files are best written with one voice per track (as
+    :func:`dmm_helpers.music.write_midi` does): music21 10 can shift notes
+    when a single track holds overlapping notes of different lengths, so
+    check a file's piano roll by eye (``dmm_helpers.music.plot_piano_roll``)
+    before training on it.
+
     Raises:
         FileNotFoundError: nothing at ``path``.
         ValueError: invalid JSON or notes; a folder without music files; a
