@@ -34,9 +34,13 @@ def main() -> None:
     cache = build_dir / ".jupyter_cache"
     stamp = build_dir / ".jupyter_cache.inputs"
     if command == "check":
-        if cache.exists() and (not stamp.exists() or stamp.read_text() != digest()):
-            print(f"dmm_helpers or the shipped models changed: emptying {cache}")
-            shutil.rmtree(cache)
+        built = cache.exists() or (build_dir / ".doctrees").exists()
+        if built and (not stamp.exists() or stamp.read_text() != digest()):
+            # Sphinx's own environment would skip the unchanged notebooks, so
+            # it goes too, with the pages it wrote.
+            print(f"dmm_helpers or the shipped models changed: emptying {build_dir}")
+            for stale in (cache, build_dir / ".doctrees", build_dir / "html", build_dir / "jupyter_execute"):
+                shutil.rmtree(stale, ignore_errors=True)
     elif command == "write":
         build_dir.mkdir(parents=True, exist_ok=True)
         stamp.write_text(digest())
