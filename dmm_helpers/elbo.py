@@ -123,6 +123,7 @@ def elbo_terms(
     batch: Batch,
     kl: Literal["analytic", "sampled"] = "analytic",
     noise: torch.Tensor | None = None,
+    h: nn.utils.rnn.PackedSequence | None = None,
 ) -> ELBOTerms:
     """Draw ``z_{1:T} ~ q`` once, then score every step of every sequence at once.
 
@@ -147,6 +148,9 @@ def elbo_terms(
             guide's Gaussian draw at step ``t`` is ``loc_t + scale_t * eps_t``
             (entries at padded steps are ignored). Default: fresh draws. Pass
             them to reproduce a given sample.
+        h: the backward RNN's output for ``batch``, packed as ``dmm.rnn``
+            returns it. Default: computed here. Pass it when it is known
+            already, e.g. for copies of the same sequences.
 
     Returns:
         :class:`ELBOTerms` with per-sequence ``log_lik`` and ``kl``, and the
@@ -157,7 +161,12 @@ def elbo_terms(
         raise ValueError(f'kl must be "analytic" or "sampled", got {kl!r}')
     batch_size, t_max, _ = batch.x.shape
     z_dim = dmm.config.z_dim
-    h = dmm.rnn(batch.x_reversed, batch.lengths)  # packed: .data (N, rnn_dim)
+    if h is None:
+        h = dmm.rnn(batch.x_reversed, batch.lengths)  # packed: .data (N, rnn_dim)
+    elif h.data.shape[0] != int(batch.lengths.sum()):
+        raise ValueError(
+            f"h holds {h.data.shape[0]} steps but the batch has {int(batch.lengths.sum())}"
+        )
     if noise is None:
         eps = torch.randn(len(h.data), z_dim, dtype=batch.x.dtype, device=batch.x.device)
     elif isinstance(noise, torch.Tensor) and noise.shape == (batch_size, t_max, z_dim):

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
 from dmm_helpers.data import Batch, make_batch
 from dmm_helpers.dmm import DMM
@@ -80,11 +81,16 @@ def importance_sampled_log_likelihood(
         for start in range(0, len(sequences), batch_size):
             batch = make_batch([s.to(dtype) for s in sequences[start : start + batch_size]], device=device)
             n = batch.x.shape[0]
+            h = model.encode(batch)  # (n, time, rnn_dim): the same for every copy
             log_sum = torch.full((n,), -math.inf, dtype=dtype, device=device)  # log sum_k w_k
             weight_sum = torch.zeros(n, dtype=dtype, device=device)  # sum_k log w_k
             for done in range(0, num_samples, chunk_size):
                 copies = min(chunk_size, num_samples - done)
-                terms = elbo_terms(model, _repeat(batch, copies), kl="sampled")
+                repeated = _repeat(batch, copies)
+                h_packed = nn.utils.rnn.pack_padded_sequence(
+                    h.repeat(copies, 1, 1), repeated.lengths.cpu(), batch_first=True, enforce_sorted=False
+                )
+                terms = elbo_terms(model, repeated, kl="sampled", h=h_packed)
                 log_w = (terms.log_lik - terms.kl).view(copies, n)  # (copies, n)
                 log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, dim=0))
                 weight_sum += log_w.sum(0)

@@ -141,7 +141,7 @@ def fixed_log_weights(monkeypatch) -> torch.Tensor:
     table = -400.0 + 60.0 * torch.rand(6, NUM_SAMPLES, generator=generator, dtype=torch.float64)
     dealt = [0] * len(table)
 
-    def deal(model, batch, kl="analytic", noise=None):
+    def deal(model, batch, kl="analytic", noise=None, h=None):
         assert kl == "sampled"  # log w needs log q - log p at the draw, not the analytic KL
         log_w = []
         for tag in batch.x[:, 0].argmax(-1).tolist():
