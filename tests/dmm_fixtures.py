@@ -1,11 +1,21 @@
-"""Small models and random batches shared by the DMM and ELBO tests."""
+"""What several test files share: the JSB file's location, small models, random batches."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 
 from dmm_helpers.data import Batch, make_batch
 from dmm_helpers.dmm import DMM, DMMConfig
+
+# The canonical JSB chorales: $DMM_JSB_PATH when set (conftest sets it to the
+# project machines' copy), else ../shared/data/ seen from the project root.
+JSB_PATH = Path(
+    os.environ.get("DMM_JSB_PATH")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "jsb-chorales-quarter.json"
+)
 
 SMALL = DMMConfig(input_dim=88, z_dim=3, emission_dim=5, transition_dim=6, rnn_dim=7, iaf_dim=4)
 

@@ -36,10 +36,7 @@ from dmm_helpers.data import (
 
 # Read before any test's monkeypatch removes it; the default is
 # ../shared/data/jsb-chorales-quarter.json seen from the project root.
-_JSB_PATH = Path(
-    os.environ.get("DMM_JSB_PATH")
-    or Path(__file__).resolve().parents[2] / "shared" / "data" / "jsb-chorales-quarter.json"
-)
+from dmm_fixtures import JSB_PATH as _JSB_PATH
 
 
 @pytest.fixture(autouse=True)

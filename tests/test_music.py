@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-from pathlib import Path
 
 import matplotlib
 
@@ -55,10 +53,7 @@ from dmm_helpers.music import (  # noqa: E402
     write_midi,
 )
 
-_JSB_PATH = Path(
-    os.environ.get("DMM_JSB_PATH")
-    or Path(__file__).resolve().parents[2] / "shared" / "data" / "jsb-chorales-quarter.json"
-)
+from dmm_fixtures import JSB_PATH as _JSB_PATH
 needs_fluidsynth = pytest.mark.skipif(
     find_fluidsynth() is None,
     reason="FluidSynth or a General MIDI soundfont is not installed "
