@@ -12,7 +12,9 @@ What a run leaves in ``--out``:
 - ``checkpoint.pt``: everything needed to resume (model, optimiser, RNG
   states, position in the epoch, the flags), written atomically;
 - ``best.pt``: the model with the best validation bound so far (weights and
-  config only: this is the file to ship and to evaluate);
+  config only: this is the file to ship and to evaluate); with
+  ``--ema-decay`` the weights evaluated and kept are an exponential moving
+  average of the trained ones (``torch.optim.swa_utils.AveragedModel``);
 - ``log.jsonl``: one JSON object per evaluation (train, valid and test bound
   per time step, annealing factor, learning rate, wall-clock seconds);
 - ``command.txt``: the command line that started the run, and the versions.
@@ -45,6 +47,7 @@ from typing import Any
 import pyro
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from dmm_helpers import __version__
@@ -78,6 +81,8 @@ class TrainConfig:
     clip_norm: float = 10.0  # every gradient entry is clamped to [-clip_norm, clip_norm]
     lr_decay: float = 0.99996  # the learning rate is multiplied by this every step
     weight_decay: float = 2.0  # L2 penalty added to the gradient of the summed loss
+    kl: str = "analytic"  # the KL term: "analytic" (closed form) or "sampled" (as Trace_ELBO)
+    ema_decay: float = 0.0  # evaluate and keep an exponential moving average of the weights (0: off)
     annealing_epochs: int = 1000  # epochs over which the KL factor rises to 1
     minimum_annealing_factor: float = 0.2  # the KL factor's starting point (see annealing_factor)
     seed: int = 0  # seeds the initial weights, the batch order and the samples
@@ -151,6 +156,18 @@ def annealing_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> fl
     progress = (step + 1) / (config.annealing_epochs * steps_per_epoch)
     low = config.minimum_annealing_factor
     return min(1.0, low + (1.0 - low) * progress)
+
+
+def check_config(config: TrainConfig) -> None:
+    """Raise a ``ValueError`` naming the flag, for settings no run can use."""
+    if config.kl not in ("analytic", "sampled"):
+        raise ValueError(f'--kl must be "analytic" or "sampled", got {config.kl!r}')
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f"--ema-decay must lie in [0, 1) (0 switches it off), got {config.ema_decay}")
+    if config.batch_size < 1 or config.epochs < 0:
+        raise ValueError(
+            f"--batch-size must be >= 1 and --epochs >= 0, got {config.batch_size} and {config.epochs}"
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -294,6 +311,7 @@ class Trainer:
                     f"{missing}); best.pt keeps only the weights, --resume needs checkpoint.pt"
                 )
             config = self._merge_resumed_config(saved["train_config"], config)
+        check_config(config)
         self.config = config
         self.data = load_data(config.data)
         self.train_set = self.data["train"]
@@ -309,6 +327,13 @@ class Trainer:
             clip_norm=config.clip_norm,
             lrd=config.lr_decay,
             weight_decay=config.weight_decay,
+        )
+        # The weights that are evaluated and kept as best.pt: the trained ones,
+        # or their exponential moving average (updated after every step).
+        self.averaged = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+            if config.ema_decay > 0
+            else None
         )
         self.epoch = 0  # epochs completed
         self.batch_in_epoch = 0  # mini-batches of the current epoch already taken
@@ -366,6 +391,13 @@ class Trainer:
                 f"{self.checkpoint_path} is for the model {stored}, not {self.model.config}"
             )
         _load_state_dict(self.model, saved["model"], self.checkpoint_path)
+        if self.averaged is not None:
+            if saved.get("averaged") is None:
+                raise CheckpointError(
+                    f"{self.checkpoint_path} holds no moving average of the weights, "
+                    f"but the run has --ema-decay {self.config.ema_decay}"
+                )
+            self.averaged.load_state_dict(saved["averaged"])
         self.optimizer.load_state_dict(saved["optimizer"])
         for key in ("epoch", "batch_in_epoch", "step", "skipped_steps", "elapsed", "best_valid"):
             setattr(self, key, saved[key])
@@ -407,6 +439,7 @@ class Trainer:
             "model_config": self.model.config.to_dict(),
             "train_config": dataclasses.asdict(self.config),
             "model": self.model.state_dict(),
+            "averaged": None if self.averaged is None else self.averaged.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -426,12 +459,17 @@ class Trainer:
     def save_checkpoint(self) -> None:
         atomic_torch_save(self.state(), self.checkpoint_path)
 
+    @property
+    def evaluated_model(self) -> DMM:
+        """What the log's bounds measure and ``best.pt`` keeps: the moving average, if any."""
+        return self.model if self.averaged is None else self.averaged.module
+
     def save_best(self, valid_bound: float) -> None:
         atomic_torch_save(
             {
                 "format": CHECKPOINT_FORMAT,
                 "model_config": self.model.config.to_dict(),
-                "model": self.model.state_dict(),
+                "model": self.evaluated_model.state_dict(),
                 "epoch": self.epoch,
                 "valid_bound": valid_bound,
                 "data": self.config.data,
@@ -446,7 +484,7 @@ class Trainer:
         # Without argument validation a NaN reaches the loss, where the guard
         # below catches it, instead of raising inside a distribution.
         with pyro.validation_enabled(False):
-            loss = -elbo(self.model, batch, annealing_factor=beta)
+            loss = -elbo(self.model, batch, annealing_factor=beta, kl=self.config.kl)
         if torch.isfinite(loss):
             loss.backward()
             grads_finite = all(
@@ -454,6 +492,8 @@ class Trainer:
             )
             if grads_finite:
                 self.optimizer.step()
+                if self.averaged is not None:
+                    self.averaged.update_parameters(self.model)
                 self.bad_in_a_row = 0
                 return loss.item()
         self.optimizer.zero_grad(set_to_none=True)
@@ -486,7 +526,7 @@ class Trainer:
             for split in ("valid", "test"):
                 if self.data.get(split):
                     record[f"{split}_bound"] = evaluate_bound(
-                        self.model, self.data[split], self.config.eval_batch_size
+                        self.evaluated_model, self.data[split], self.config.eval_batch_size
                     )
         with open(self.out / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")

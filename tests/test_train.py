@@ -161,6 +161,9 @@ def assert_same_run(actual: Path, expected: Path) -> None:
     """Final checkpoints, best models and logs of two runs agree exactly (wall-clock aside)."""
     got, want = load_checkpoint(actual / "checkpoint.pt"), load_checkpoint(expected / "checkpoint.pt")
     assert_state_dicts_equal(got["model"], want["model"])
+    assert (got["averaged"] is None) == (want["averaged"] is None)
+    if want["averaged"] is not None:
+        assert_state_dicts_equal(got["averaged"], want["averaged"])
     got_opt, want_opt = got["optimizer"], want["optimizer"]
     assert got_opt["param_groups"] == want_opt["param_groups"]  # the decayed learning rate too
     assert got_opt["state"].keys() == want_opt["state"].keys()
@@ -322,6 +325,75 @@ def test_a_run_with_flows_resumes_exactly_too(config, tmp_path):
     weights = load_checkpoint(Path(config.out) / "checkpoint.pt")["model"]
     assert any(name.startswith("iaf_nets") for name in weights)
     assert_same_run(Path(config.out), tmp_path / "whole")
+
+
+def test_the_moving_average_resumes_exactly_and_is_what_is_evaluated_and_kept(config, tmp_path):
+    averaged = dataclasses.replace(config, ema_decay=0.9, epochs=3)
+    Trainer(dataclasses.replace(averaged, out=str(tmp_path / "whole"))).run()
+    Trainer(dataclasses.replace(averaged, epochs=1)).run()
+    Trainer(averaged, resume=True).run()
+    assert_same_run(Path(config.out), tmp_path / "whole")
+    state = load_checkpoint(Path(config.out) / "checkpoint.pt")
+    # The average is a different set of weights from the trained ones ...
+    trained, average = state["model"], state["averaged"]
+    assert int(average["n_averaged"]) == 3 * STEPS_PER_EPOCH
+    assert any(not torch.equal(average[f"module.{name}"], value) for name, value in trained.items())
+    # ... and best.pt holds the average at its epoch: here the last, if it is the best.
+    best = torch.load(Path(config.out) / "best.pt")
+    if best["epoch"] == 3:
+        for name, value in best["model"].items():
+            assert torch.equal(value, average[f"module.{name}"]), name
+
+
+def test_the_moving_average_follows_its_formula(config):
+    # After each step: average <- decay * average + (1 - decay) * weights,
+    # starting from the weights after the first step.
+    decay = 0.7
+    trainer = Trainer(dataclasses.replace(config, ema_decay=decay))
+    batches = list(train.minibatches(trainer.train_set, config.batch_size, seed=0))
+    expected = None
+    for batch in batches:
+        assert trainer.train_step(batch, 1.0) is not None
+        weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        expected = weights if expected is None else {
+            n: decay * expected[n] + (1 - decay) * weights[n] for n in weights
+        }
+    got = dict(trainer.evaluated_model.named_parameters())
+    for name, value in expected.items():
+        assert torch.allclose(got[name], value, atol=1e-6), name
+    assert trainer.evaluated_model is not trainer.model
+
+
+def test_resuming_an_averaged_run_without_its_average_is_a_checkpoint_error(config):
+    Trainer(dataclasses.replace(config, ema_decay=0.5)).run()
+    path = Path(config.out) / "checkpoint.pt"
+    state = torch.load(path)
+    state["averaged"] = None
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="no moving average"):
+        Trainer(dataclasses.replace(config, ema_decay=0.5), resume=True)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"kl": "exact"}, '--kl must be "analytic" or "sampled"'),
+        ({"ema_decay": 1.0}, r"--ema-decay must lie in \[0, 1\)"),
+        ({"batch_size": 0}, "--batch-size must be >= 1"),
+    ],
+)
+def test_unusable_flags_are_refused_by_name(config, changes, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(dataclasses.replace(config, **changes))
+    assert not Path(config.out).exists()  # nothing written
+
+
+def test_the_sampled_kl_flag_trains_on_trace_elbos_estimator(config, monkeypatch):
+    seen = []
+    real = train.elbo
+    monkeypatch.setattr(train, "elbo", lambda *a, **k: seen.append(k.get("kl")) or real(*a, **k))
+    Trainer(dataclasses.replace(config, kl="sampled", eval_every=0)).run()
+    assert seen and set(seen) == {"sampled"}
 
 
 def test_resume_of_a_finished_run_changes_nothing(config):
