@@ -158,6 +158,10 @@ def annealing_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> fl
     return min(1.0, low + (1.0 - low) * progress)
 
 
+# Flags with a fixed set of values: the parser lists them and refuses others.
+FLAG_CHOICES = {"kl": ("analytic", "sampled"), "device": ("auto", "cpu", "cuda")}
+
+
 def check_config(config: TrainConfig) -> None:
     """Raise a ``ValueError`` naming the flag, for settings no run can use."""
     if config.kl not in ("analytic", "sampled"):
@@ -612,7 +616,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, bool]:
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
-            parser.add_argument(flag, type=type(default), default=default, help=f"(default: {default})")
+            parser.add_argument(
+                flag, type=type(default), default=default, choices=FLAG_CHOICES.get(field.name),
+                help=f"(default: {default})",
+            )
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     args = vars(parser.parse_args(argv))
     resume = args.pop("resume")

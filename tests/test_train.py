@@ -828,6 +828,14 @@ def test_parse_args_has_one_flag_per_setting():
         parse_args(["--z-dim", "four"])
     with pytest.raises(SystemExit):
         parse_args(["--no-such-flag"])
+    assert parse_args(["--kl", "sampled", "--ema-decay", "0.99"])[0] == TrainConfig(kl="sampled", ema_decay=0.99)
+
+
+@pytest.mark.parametrize("argv", [["--kl", "exact"], ["--device", "gpu"]])
+def test_flags_with_fixed_values_refuse_others_in_the_parser(argv, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert "invalid choice" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
