@@ -39,11 +39,15 @@ class Evaluation(NamedTuple):
         log_likelihood: ``(num_sequences,)`` ``log (1/K) sum_k w_k``.
         elbo: ``(num_sequences,)`` ``(1/K) sum_k log w_k``.
         lengths: ``(num_sequences,)`` time steps of each sequence.
+        reconstruction: ``(num_sequences,)`` ``(1/K) sum_k log p(x | z^(k))``,
+            the ELBO's first term on the same draws; ``reconstruction - elbo``
+            is its (sampled) KL term.
     """
 
     log_likelihood: torch.Tensor
     elbo: torch.Tensor
     lengths: torch.Tensor
+    reconstruction: torch.Tensor
 
 
 def _repeat(batch: Batch, copies: int) -> Batch:
@@ -76,7 +80,7 @@ def importance_sampled_log_likelihood(
     was_training = model.training
     model.eval()
     device, dtype = model.z_0.device, model.z_0.dtype
-    log_likelihoods, elbos, lengths = [], [], []
+    log_likelihoods, elbos, lengths, reconstructions = [], [], [], []
     try:
         for start in range(0, len(sequences), batch_size):
             batch = make_batch([s.to(dtype) for s in sequences[start : start + batch_size]], device=device)
@@ -84,6 +88,7 @@ def importance_sampled_log_likelihood(
             h = model.encode(batch)  # (n, time, rnn_dim): the same for every copy
             log_sum = torch.full((n,), -math.inf, dtype=dtype, device=device)  # log sum_k w_k
             weight_sum = torch.zeros(n, dtype=dtype, device=device)  # sum_k log w_k
+            log_lik_sum = torch.zeros(n, dtype=dtype, device=device)  # sum_k log p(x | z^(k))
             for done in range(0, num_samples, chunk_size):
                 copies = min(chunk_size, num_samples - done)
                 repeated = _repeat(batch, copies)
@@ -94,12 +99,16 @@ def importance_sampled_log_likelihood(
                 log_w = (terms.log_lik - terms.kl).view(copies, n)  # (copies, n)
                 log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, dim=0))
                 weight_sum += log_w.sum(0)
+                log_lik_sum += terms.log_lik.view(copies, n).sum(0)
             log_likelihoods.append(log_sum - math.log(num_samples))
             elbos.append(weight_sum / num_samples)
             lengths.append(batch.lengths)
+            reconstructions.append(log_lik_sum / num_samples)
     finally:
         model.train(was_training)
-    return Evaluation(torch.cat(log_likelihoods), torch.cat(elbos), torch.cat(lengths))
+    return Evaluation(
+        torch.cat(log_likelihoods), torch.cat(elbos), torch.cat(lengths), torch.cat(reconstructions)
+    )
 
 
 def evaluate(

@@ -164,7 +164,7 @@ FLAG_CHOICES = {"kl": ("analytic", "sampled"), "device": ("auto", "cpu", "cuda")
 
 def check_config(config: TrainConfig) -> None:
     """Raise a ``ValueError`` naming the flag, for settings no run can use."""
-    if config.kl not in ("analytic", "sampled"):
+    if config.kl not in FLAG_CHOICES["kl"]:
         raise ValueError(f'--kl must be "analytic" or "sampled", got {config.kl!r}')
     if not 0.0 <= config.ema_decay < 1.0:
         raise ValueError(f"--ema-decay must lie in [0, 1) (0 switches it off), got {config.ema_decay}")

@@ -154,6 +154,23 @@ def fixed_log_weights(monkeypatch) -> torch.Tensor:
     return table
 
 
+@pytest.mark.parametrize("chunk_size", [4, 23])
+def test_the_reconstruction_term_is_averaged_over_the_same_draws(fixed_log_weights, monkeypatch, chunk_size):
+    # Each draw's log p(x | z) is the dealt value and its KL a quarter of it,
+    # so log w = 0.75 * value: the two averages must come from the same draws.
+    table = fixed_log_weights
+    dealer = evaluate_module.elbo_terms
+    monkeypatch.setattr(
+        evaluate_module, "elbo_terms", lambda *a, **k: (lambda t: t._replace(kl=0.25 * t.log_lik))(dealer(*a, **k))
+    )
+    sequences = [torch.zeros(3, 88, dtype=torch.float64) for _ in range(6)]
+    for tag, roll in enumerate(sequences):
+        roll[0, tag] = 1.0
+    result = importance_sampled_log_likelihood(DMM(TINY).double(), sequences, NUM_SAMPLES, chunk_size=chunk_size)
+    assert result.reconstruction.tolist() == pytest.approx(table.mean(1).tolist(), rel=1e-13)
+    assert result.elbo.tolist() == pytest.approx((0.75 * table).mean(1).tolist(), rel=1e-13)
+
+
 @pytest.mark.parametrize("chunk_size", [1, 4, 22, 23, 100])
 @pytest.mark.parametrize("batch_size", [1, 4, 6])
 def test_chunks_and_batches_combine_to_one_log_mean_exp(fixed_log_weights, chunk_size, batch_size):
