@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def digest() -> str:
-    inputs = sorted((ROOT / "dmm_helpers").glob("*.py")) + [ROOT / "dmm_helpers" / "pretrained.json"]
+    inputs = sorted((ROOT / "dmm_helpers").glob("*.py")) + [
+        ROOT / "dmm_helpers" / "pretrained.json"
+    ]
     inputs += sorted((ROOT / "pretrained").glob("*/*"))
     h = hashlib.sha256()
     for path in inputs:
@@ -39,7 +41,12 @@ def main() -> None:
             # Sphinx's own environment would skip the unchanged notebooks, so
             # it goes too, with the pages it wrote.
             print(f"dmm_helpers or the shipped models changed: emptying {build_dir}")
-            for stale in (cache, build_dir / ".doctrees", build_dir / "html", build_dir / "jupyter_execute"):
+            for stale in (
+                cache,
+                build_dir / ".doctrees",
+                build_dir / "html",
+                build_dir / "jupyter_execute",
+            ):
                 shutil.rmtree(stale, ignore_errors=True)
     elif command == "write":
         build_dir.mkdir(parents=True, exist_ok=True)

@@ -37,12 +37,22 @@ CLIP_NORM = 10.0  # Pyro's DMM example
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=20, help="sequences per mini-batch")
+    parser.add_argument(
+        "--batch-size", type=int, default=20, help="sequences per mini-batch"
+    )
     parser.add_argument("--reps", type=int, default=20, help="timed steps of each kind")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind first")
-    parser.add_argument("--num-iafs", type=int, default=0, help="IAF flows in the guide")
-    parser.add_argument("--annealing-factor", type=float, default=1.0, help="KL weight beta")
-    parser.add_argument("--seed", type=int, default=0, help="weights and choice of sequences")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps of each kind first"
+    )
+    parser.add_argument(
+        "--num-iafs", type=int, default=0, help="IAF flows in the guide"
+    )
+    parser.add_argument(
+        "--annealing-factor", type=float, default=1.0, help="KL weight beta"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="weights and choice of sequences"
+    )
     parser.add_argument(
         "--validate",
         action="store_true",
@@ -60,7 +70,9 @@ def main() -> None:
 
     train = load_jsb()["train"]
     if args.batch_size > len(train):
-        raise SystemExit(f"--batch-size {args.batch_size} exceeds the {len(train)} sequences")
+        raise SystemExit(
+            f"--batch-size {args.batch_size} exceeds the {len(train)} sequences"
+        )
     generator = torch.Generator().manual_seed(args.seed)
     chosen = torch.randperm(len(train), generator=generator)[: args.batch_size].tolist()
     batch = make_batch([train[i] for i in chosen])

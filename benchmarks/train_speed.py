@@ -61,22 +61,37 @@ from dmm_helpers.train import TrainConfig, Trainer, annealing_factor, load_check
 # Test bounds (nats per time step) whose arrival time the shipped logs are searched for:
 # a little above Pyro's tutorial, and Pyro's tutorial without a flow.
 MILESTONES = (6.90, 6.87)
-TARGET_RATIO = 0.4  # the project's epoch at most this fraction of Pyro's Trace_ELBO epoch
-SHIPPED_BY_FLOWS = {0: "jsb_dmm", 2: "jsb_dmm_iaf"}  # the starting points of --start shipped
+TARGET_RATIO = (
+    0.4  # the project's epoch at most this fraction of Pyro's Trace_ELBO epoch
+)
+SHIPPED_BY_FLOWS = {
+    0: "jsb_dmm",
+    2: "jsb_dmm_iaf",
+}  # the starting points of --start shipped
 
 Step = Callable[[Batch, float], "float | None"]
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs of each contender")
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="timed epochs of each contender"
+    )
     parser.add_argument(
         "--warmup", type=int, default=2, help="untimed steps of each contender first"
     )
-    parser.add_argument("--batch-size", type=int, default=20, help="sequences per mini-batch")
-    parser.add_argument("--num-iafs", type=int, default=0, help="IAF flows in the guide")
-    parser.add_argument("--data", default="jsb", help='"jsb", "bach" or a JSON/MIDI path')
-    parser.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
+    parser.add_argument(
+        "--batch-size", type=int, default=20, help="sequences per mini-batch"
+    )
+    parser.add_argument(
+        "--num-iafs", type=int, default=0, help="IAF flows in the guide"
+    )
+    parser.add_argument(
+        "--data", default="jsb", help='"jsb", "bach" or a JSON/MIDI path'
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="initial weights and batch order"
+    )
     parser.add_argument(
         "--start",
         choices=("shipped", "random"),
@@ -87,11 +102,15 @@ def parse_args() -> argparse.Namespace:
         "--mean-field", action="store_true", help="also time Pyro's TraceMeanField_ELBO"
     )
     parser.add_argument(
-        "--no-shipped", action="store_true", help="skip the report on the shipped training logs"
+        "--no-shipped",
+        action="store_true",
+        help="skip the report on the shipped training logs",
     )
     args = parser.parse_args()
     if args.epochs < 1 or args.warmup < 0 or args.batch_size < 1 or args.num_iafs < 0:
-        parser.error("--epochs and --batch-size must be >= 1, --warmup and --num-iafs >= 0")
+        parser.error(
+            "--epochs and --batch-size must be >= 1, --warmup and --num-iafs >= 0"
+        )
     return args
 
 
@@ -141,7 +160,11 @@ def start_from_shipped(trainer: Trainer, num_iafs: int) -> int:
 
 
 def time_epochs(
-    trainer: Trainer, contenders: dict[str, Step], epochs: int, warmup: int, first_epoch: int = 0
+    trainer: Trainer,
+    contenders: dict[str, Step],
+    epochs: int,
+    warmup: int,
+    first_epoch: int = 0,
 ) -> tuple[dict[str, list[float]], dict[str, float], dict[str, int]]:
     """Time ``epochs`` epochs from ``first_epoch``, the contenders alternating batch by batch.
 
@@ -154,13 +177,17 @@ def time_epochs(
     def batches(epoch: int) -> list[Batch]:
         seed = config.seed * 1_000_003 + epoch  # Trainer.run's order
         return list(
-            minibatches(trainer.train_set, config.batch_size, seed=seed, device=trainer.device)
+            minibatches(
+                trainer.train_set, config.batch_size, seed=seed, device=trainer.device
+            )
         )
 
     step = first_epoch * trainer.steps_per_epoch
     for batch in itertools.islice(itertools.cycle(batches(first_epoch)), warmup):
         for name in names:
-            contenders[name](batch, annealing_factor(step, trainer.steps_per_epoch, config))
+            contenders[name](
+                batch, annealing_factor(step, trainer.steps_per_epoch, config)
+            )
 
     seconds: dict[str, list[float]] = {name: [] for name in names}
     loss_per_step: dict[str, float] = {}
@@ -199,7 +226,9 @@ def first_reaching(
 
 def report_shipped() -> None:
     """Training wall-clock and epochs to each milestone, from every shipped model's log."""
-    print("\nshipped runs: training wall-clock (evaluations excluded) to reach a test bound")
+    print(
+        "\nshipped runs: training wall-clock (evaluations excluded) to reach a test bound"
+    )
     try:
         names = sorted(manifest())
     except (OSError, ValueError) as error:
@@ -208,7 +237,9 @@ def report_shipped() -> None:
     for name in names:
         try:
             log = training_log(name)
-        except Exception as error:  # a missing download or a changed file: say so, keep going
+        except (
+            Exception
+        ) as error:  # a missing download or a changed file: say so, keep going
             print(f"  {name}: log not available ({type(error).__name__}: {error})")
             continue
         scored = [record for record in log if "test_bound" in record]
@@ -235,7 +266,9 @@ def report_shipped() -> None:
 
 def main() -> None:
     args = parse_args()
-    pyro.enable_validation(False)  # as Trainer.train_step: no argument checks in the hot loop
+    pyro.enable_validation(
+        False
+    )  # as Trainer.train_step: no argument checks in the hot loop
     pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()
 
@@ -250,7 +283,9 @@ def main() -> None:
             progress=False,
         )
         trainer = Trainer(config)
-        first_epoch = start_from_shipped(trainer, args.num_iafs) if args.start == "shipped" else 0
+        first_epoch = (
+            start_from_shipped(trainer, args.num_iafs) if args.start == "shipped" else 0
+        )
         # The learning rate where the schedule stands (ClippedAdam decays it every step).
         steps_taken = first_epoch * trainer.steps_per_epoch
         for group in trainer.optimizer.param_groups:
@@ -285,7 +320,9 @@ def main() -> None:
         if args.start == "shipped"
         else f"random weights (seed {args.seed}), epoch 0"
     )
-    beta = annealing_factor(first_epoch * trainer.steps_per_epoch, trainer.steps_per_epoch, config)
+    beta = annealing_factor(
+        first_epoch * trainer.steps_per_epoch, trainer.steps_per_epoch, config
+    )
     print(f"start: {start}; annealing factor {beta:.3f}")
     print(
         f"ClippedAdam lr {config.learning_rate} x {config.lr_decay}^step, "
@@ -309,7 +346,9 @@ def main() -> None:
         if name != "project":
             ratio = project / statistics.median(seconds[name])
             verdict = "meets" if ratio <= TARGET_RATIO else "misses"
-            print(f"ratio project / {name}: {ratio:.3f}x ({verdict} the target <= {TARGET_RATIO}x)")
+            print(
+                f"ratio project / {name}: {ratio:.3f}x ({verdict} the target <= {TARGET_RATIO}x)"
+            )
     if not args.no_shipped:
         report_shipped()
 

@@ -111,7 +111,9 @@ def _validate_notes(data: Any, source: str) -> None:
 def _validate_sequence(sequence: Any, where: str) -> None:
     """Raise unless ``sequence`` is a non-empty list of lists of ints in 21..108."""
     if not isinstance(sequence, list):
-        raise TypeError(f"{where} must be a list of time steps, got {type(sequence).__name__}")
+        raise TypeError(
+            f"{where} must be a list of time steps, got {type(sequence).__name__}"
+        )
     if not sequence:
         raise ValueError(f"{where} is empty (0 time steps)")
     for t, step in enumerate(sequence):
@@ -142,7 +144,9 @@ def _notes_to_roll(sequence: list[list[int]]) -> torch.Tensor:
     return roll
 
 
-def rolls_from_notes(data: Any, *, source: str = "data") -> dict[str, list[torch.Tensor]]:
+def rolls_from_notes(
+    data: Any, *, source: str = "data"
+) -> dict[str, list[torch.Tensor]]:
     """Validate note lists and turn them into piano rolls.
 
     Args:
@@ -195,7 +199,9 @@ def default_cache_dir() -> Path:
 
 
 def _resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return (
+        Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    )
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -223,7 +229,9 @@ def _atomic_write_bytes(path: Path, raw: bytes) -> None:
     write fails or is interrupted.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".part"
+    )
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(raw)
@@ -233,7 +241,9 @@ def _atomic_write_bytes(path: Path, raw: bytes) -> None:
         raise
 
 
-def _download(url: str, target: Path, expected_sha256: str, timeout: float = 60.0) -> None:
+def _download(
+    url: str, target: Path, expected_sha256: str, timeout: float = 60.0
+) -> None:
     """Download ``url`` to ``target``, verified; on any failure leave no file.
 
     The bytes go to a temporary file in ``target``'s folder, hashed as they
@@ -247,7 +257,9 @@ def _download(url: str, target: Path, expected_sha256: str, timeout: float = 60.
         "music21's Bach chorales."
     )
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    fd, tmp_name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+    )
     try:
         digest = hashlib.sha256()
         received = 0
@@ -260,7 +272,9 @@ def _download(url: str, target: Path, expected_sha256: str, timeout: float = 60.
                 ) from error
             except (urllib.error.URLError, OSError, ValueError) as error:
                 reason = getattr(error, "reason", error)
-                raise DownloadError(f"could not download {url}: {reason}. {offline_hint}") from error
+                raise DownloadError(
+                    f"could not download {url}: {reason}. {offline_hint}"
+                ) from error
             with response:
                 announced = response.headers.get("Content-Length")
                 while True:
@@ -282,7 +296,9 @@ def _download(url: str, target: Path, expected_sha256: str, timeout: float = 60.
                 f"download of {url} was truncated: received {received} of "
                 f"{announced} bytes. {offline_hint}"
             )
-        _check_sha256(digest.hexdigest(), expected_sha256, f"the file downloaded from {url}")
+        _check_sha256(
+            digest.hexdigest(), expected_sha256, f"the file downloaded from {url}"
+        )
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -434,7 +450,9 @@ def load_bach_chorales(
     Returns:
         ``{"train", "valid", "test"}`` -> lists of float32 rolls ``(T, 88)``.
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+    ):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     import music21
     from music21 import corpus
@@ -494,13 +512,19 @@ def load_sequences(path: str | os.PathLike) -> dict[str, list[torch.Tensor]]:
     """
     path = Path(path).expanduser()
     if path.is_file():
-        return rolls_from_notes(_parse_json_bytes(path.read_bytes(), str(path)), source=str(path))
+        return rolls_from_notes(
+            _parse_json_bytes(path.read_bytes(), str(path)), source=str(path)
+        )
     if not path.is_dir():
         raise FileNotFoundError(f"no JSON file or folder of music files at {path}")
     import music21
 
     files = sorted(
-        (f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in _MUSIC_SUFFIXES),
+        (
+            f
+            for f in path.rglob("*")
+            if f.is_file() and f.suffix.lower() in _MUSIC_SUFFIXES
+        ),
         key=lambda f: f.relative_to(path).as_posix(),
     )
     if not files:
@@ -516,7 +540,9 @@ def load_sequences(path: str | os.PathLike) -> dict[str, list[torch.Tensor]]:
         notes = quantize_to_quarters(score)
         if not notes:
             raise ValueError(f"{file} has no pitched notes")
-        _validate_sequence(notes, str(file))  # name the file if a pitch is off the piano
+        _validate_sequence(
+            notes, str(file)
+        )  # name the file if a pitch is off the piano
         data[_split_of(index)].append(notes)
     return rolls_from_notes(data, source=str(path))
 
@@ -566,13 +592,19 @@ def reverse_sequences(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
             f"{type(x).__name__} and {type(lengths).__name__}"
         )
     if x.dim() < 2:
-        raise ValueError(f"x must have shape (batch, time, ...); got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have shape (batch, time, ...); got shape {tuple(x.shape)}"
+        )
     if lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
         raise ValueError(
             f"lengths must have shape ({x.shape[0]},) to match x's batch size; "
             f"got shape {tuple(lengths.shape)}"
         )
-    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+    if (
+        lengths.dtype.is_floating_point
+        or lengths.dtype.is_complex
+        or lengths.dtype == torch.bool
+    ):
         raise TypeError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
     t_max = x.shape[1]
     if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > t_max):
@@ -615,7 +647,9 @@ def make_batch(
     dtype = None
     for i, seq in enumerate(sequences):
         if not isinstance(seq, torch.Tensor):
-            raise TypeError(f"sequence {i} is a {type(seq).__name__}, expected a torch.Tensor")
+            raise TypeError(
+                f"sequence {i} is a {type(seq).__name__}, expected a torch.Tensor"
+            )
         if seq.dim() != 2:
             raise ValueError(
                 f"sequence {i} has shape {tuple(seq.shape)}; expected a 2-D (time, {NUM_NOTES}) roll"
@@ -638,13 +672,17 @@ def make_batch(
                 f"mixed dtypes: sequence 0 is {dtype} but sequence {i} is {seq.dtype}"
             )
     device = torch.device(device) if device is not None else sequences[0].device
-    lengths = torch.tensor([seq.shape[0] for seq in sequences], dtype=torch.long, device=device)
+    lengths = torch.tensor(
+        [seq.shape[0] for seq in sequences], dtype=torch.long, device=device
+    )
     x = torch.nn.utils.rnn.pad_sequence(
         [seq.to(device) for seq in sequences], batch_first=True
     )  # (B, T_max, 88), zeros after each end
     time = torch.arange(x.shape[1], device=device)
     mask = (time < lengths[:, None]).to(dtype)  # (B, T_max)
-    return Batch(x=x, x_reversed=reverse_sequences(x, lengths), mask=mask, lengths=lengths)
+    return Batch(
+        x=x, x_reversed=reverse_sequences(x, lengths), mask=mask, lengths=lengths
+    )
 
 
 def minibatches(
@@ -680,10 +718,16 @@ def minibatches(
         :class:`Batch` objects covering every sequence exactly once (except
         those dropped by ``drop_last``).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(sequences, torch.Tensor):
-        raise TypeError("minibatches expects a list of (T, 88) tensors, not a single tensor")
+        raise TypeError(
+            "minibatches expects a list of (T, 88) tensors, not a single tensor"
+        )
     sequences = list(sequences)
     if not sequences:
         raise ValueError("minibatches needs at least one sequence; got an empty list")
@@ -697,6 +741,8 @@ def minibatches(
     # A generator expression rather than ``yield`` in this body, so that bad
     # arguments raise here, at the call, and not at the first ``next``.
     return (
-        make_batch([sequences[i] for i in order[start : start + batch_size]], device=device)
+        make_batch(
+            [sequences[i] for i in order[start : start + batch_size]], device=device
+        )
         for start in range(0, stop, batch_size)
     )

@@ -10,6 +10,9 @@ from IPython.display import Markdown
 
 def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> Markdown:
     """A Markdown table from a header and rows of already formatted cells."""
-    lines = ["| " + " | ".join(str(cell) for cell in header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        "| " + " | ".join(str(cell) for cell in header) + " |",
+        "|" + "---|" * len(header),
+    ]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return Markdown("\n".join(lines))

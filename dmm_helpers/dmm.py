@@ -32,12 +32,20 @@ from pyro.nn import AutoRegressiveNN
 from torch import nn
 
 from dmm_helpers.data import Batch
-from dmm_helpers.modules import BackwardRNN, Combiner, Emitter, GatedTransition, LinearGaussian
+from dmm_helpers.modules import (
+    BackwardRNN,
+    Combiner,
+    Emitter,
+    GatedTransition,
+    LinearGaussian,
+)
 
 
 def _shape_of(value: object) -> object:
     """A tensor's shape, or the type name of anything else, for error messages."""
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+    return (
+        tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+    )
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,9 @@ class DMMConfig:
         known = {field.name for field in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown DMMConfig keys {unknown}; known keys are {sorted(known)}")
+            raise ValueError(
+                f"unknown DMMConfig keys {unknown}; known keys are {sorted(known)}"
+            )
         return cls(**values)
 
 
@@ -110,7 +120,8 @@ class DMM(nn.Module):
             config.input_dim, config.rnn_dim, config.rnn_layers, config.rnn_dropout
         )
         self.iaf_nets = nn.ModuleList(
-            AutoRegressiveNN(config.z_dim, [config.iaf_dim]) for _ in range(config.num_iafs)
+            AutoRegressiveNN(config.z_dim, [config.iaf_dim])
+            for _ in range(config.num_iafs)
         )  # the flows' masked autoregressive networks, shared by all time steps
         self.z_0 = nn.Parameter(torch.zeros(config.z_dim))  # the model's z_0
         self.z_q_0 = nn.Parameter(torch.zeros(config.z_dim))  # the guide's z_0
@@ -160,7 +171,10 @@ class DMM(nn.Module):
             )
         # Pyro's programs mask with batch.mask, the fast ELBO packs by batch.lengths.
         lengths = batch.lengths.to(batch.mask.device)
-        if lengths.numel() and not 1 <= int(lengths.min()) <= int(lengths.max()) <= x.shape[1]:
+        if (
+            lengths.numel()
+            and not 1 <= int(lengths.min()) <= int(lengths.max()) <= x.shape[1]
+        ):
             raise ValueError(
                 f"batch.lengths must lie in 1..{x.shape[1]} (the time dimension); got "
                 f"min {int(lengths.min())}, max {int(lengths.max())}"
@@ -199,10 +213,13 @@ class DMM(nn.Module):
                 loc, scale = self.transition(z_prev)  # (batch, z_dim) each
                 with poutine.scale(scale=annealing_factor):
                     z_t = pyro.sample(
-                        f"z_{t + 1}", dist.Normal(loc, scale).to_event(1).mask(mask[:, t])
+                        f"z_{t + 1}",
+                        dist.Normal(loc, scale).to_event(1).mask(mask[:, t]),
                     )  # (batch, z_dim)
                 pyro.sample(
-                    f"x_{t + 1}", self.emission_dist(z_t).mask(mask[:, t]), obs=batch.x[:, t]
+                    f"x_{t + 1}",
+                    self.emission_dist(z_t).mask(mask[:, t]),
+                    obs=batch.x[:, t],
                 )
                 z_prev = z_t
 
@@ -221,7 +238,9 @@ class DMM(nn.Module):
                 if self.config.num_iafs > 0:
                     q_t = dist.TransformedDistribution(q_t, self.iaf_transforms())
                 with poutine.scale(scale=annealing_factor):
-                    z_t = pyro.sample(f"z_{t + 1}", q_t.mask(mask[:, t]))  # (batch, z_dim)
+                    z_t = pyro.sample(
+                        f"z_{t + 1}", q_t.mask(mask[:, t])
+                    )  # (batch, z_dim)
                 z_prev = z_t
 
     def iaf_transforms(self) -> list[AffineAutoregressive]:
@@ -241,7 +260,9 @@ class DMM(nn.Module):
         return [AffineAutoregressive(net, stable=True) for net in self.iaf_nets]
 
     @torch.no_grad()
-    def generate(self, num_sequences: int, num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(
+        self, num_sequences: int, num_steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Ancestral samples: ``x`` ``(N, T, input_dim)`` and ``z`` ``(N, T, z_dim)``."""
         for name, value in (("num_sequences", num_sequences), ("num_steps", num_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -283,10 +304,14 @@ class LinearGaussianDMM(DMM):
         iaf_dim: int = 32,
     ) -> None:
         if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != A.shape[1]:
-            raise ValueError(f"A must be a square 2-D tensor (z_dim, z_dim); got {_shape_of(A)}")
+            raise ValueError(
+                f"A must be a square 2-D tensor (z_dim, z_dim); got {_shape_of(A)}"
+            )
         z_dim = A.shape[0]
         if not isinstance(C, torch.Tensor) or C.dim() != 2 or C.shape[1] != z_dim:
-            raise ValueError(f"C must be a 2-D tensor (obs_dim, {z_dim}); got {_shape_of(C)}")
+            raise ValueError(
+                f"C must be a 2-D tensor (obs_dim, {z_dim}); got {_shape_of(C)}"
+            )
         for name, vector, size in (
             ("q_scale", q_scale, z_dim),
             ("r_scale", r_scale, C.shape[0]),

@@ -48,7 +48,10 @@ class ELBOTerms(NamedTuple):
 
 
 def gaussian_kl(
-    loc_q: torch.Tensor, scale_q: torch.Tensor, loc_p: torch.Tensor, scale_p: torch.Tensor
+    loc_q: torch.Tensor,
+    scale_q: torch.Tensor,
+    loc_p: torch.Tensor,
+    scale_p: torch.Tensor,
 ) -> torch.Tensor:
     """``KL(N(loc_q, diag(scale_q^2)) || N(loc_p, diag(scale_p^2)))``, summed over the last dim.
 
@@ -103,7 +106,9 @@ def sample_guide(
     for h_t, eps_t in zip(h_projected.split(sizes), eps.split(sizes)):
         running = h_t.shape[0]
         loc, scale = dmm.combiner.step(z_prev[:running], h_t)  # (running, z_dim) each
-        z_t = loc + scale * eps_t  # reparameterised: gradients flow through loc and scale
+        z_t = (
+            loc + scale * eps_t
+        )  # reparameterised: gradients flow through loc and scale
         locs.append(loc)
         scales.append(scale)
         z_bases.append(z_t)
@@ -115,7 +120,9 @@ def sample_guide(
         log_dets.append(log_det)
         zs.append(z_t)
         z_prev = z_t
-    return GuideSample(*(torch.cat(parts) for parts in (locs, scales, z_bases, zs, log_dets)))
+    return GuideSample(
+        *(torch.cat(parts) for parts in (locs, scales, z_bases, zs, log_dets))
+    )
 
 
 def elbo_terms(
@@ -168,13 +175,21 @@ def elbo_terms(
             f"h holds {h.data.shape[0]} steps but the batch has {int(batch.lengths.sum())}"
         )
     if noise is None:
-        eps = torch.randn(len(h.data), z_dim, dtype=batch.x.dtype, device=batch.x.device)
+        eps = torch.randn(
+            len(h.data), z_dim, dtype=batch.x.dtype, device=batch.x.device
+        )
     elif isinstance(noise, torch.Tensor) and noise.shape == (batch_size, t_max, z_dim):
         eps = _pack(noise, batch.lengths).data  # (N, z_dim)
     else:
-        shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+        shape = (
+            tuple(noise.shape)
+            if isinstance(noise, torch.Tensor)
+            else type(noise).__name__
+        )
         expected = (batch_size, t_max, z_dim)
-        raise ValueError(f"noise must have shape (batch, time, z_dim) = {expected}; got {shape}")
+        raise ValueError(
+            f"noise must have shape (batch, time, z_dim) = {expected}; got {shape}"
+        )
     q = sample_guide(dmm, h, eps)
 
     # The model's previous state for every row: z_0, then the step before.
@@ -182,17 +197,23 @@ def elbo_terms(
     z_0 = dmm.z_0.expand(sizes[0], -1)  # (batch, z_dim)
     z_prev = torch.cat([z_0] + [z_t[:n] for z_t, n in zip(q.z.split(sizes), sizes[1:])])
     p_loc, p_scale = dmm.transition(z_prev)  # (N, z_dim) each
-    log_lik = dmm.emission_dist(q.z).log_prob(_pack(batch.x, batch.lengths).data)  # (N,)
+    log_lik = dmm.emission_dist(q.z).log_prob(
+        _pack(batch.x, batch.lengths).data
+    )  # (N,)
     if kl == "analytic" and dmm.config.num_iafs == 0:
         kl_t = gaussian_kl(q.loc, q.scale, p_loc, p_scale)  # (N,)
     else:
         # Change of variables: log q(z) = log N(z_base; loc, scale) - log |det dz / dz_base|.
-        log_q = dist.Normal(q.loc, q.scale).log_prob(q.z_base).sum(-1) - q.log_det  # (N,)
+        log_q = (
+            dist.Normal(q.loc, q.scale).log_prob(q.z_base).sum(-1) - q.log_det
+        )  # (N,)
         log_p = dist.Normal(p_loc, p_scale).log_prob(q.z).sum(-1)  # (N,)
         kl_t = log_q - log_p
 
     # Back to (batch, time, ...), zero at padded steps, and sum over time.
-    per_step = torch.cat([log_lik[:, None], kl_t[:, None], q.z], dim=-1)  # (N, 2 + z_dim)
+    per_step = torch.cat(
+        [log_lik[:, None], kl_t[:, None], q.z], dim=-1
+    )  # (N, 2 + z_dim)
     padded, _ = nn.utils.rnn.pad_packed_sequence(
         h._replace(data=per_step), batch_first=True, total_length=t_max
     )  # (batch, time, 2 + z_dim)
@@ -217,7 +238,9 @@ def elbo(
     ``batch.lengths.sum()`` it is the per-time-step bound papers report. See
     :func:`elbo_terms` for the arguments.
     """
-    if isinstance(annealing_factor, bool) or not isinstance(annealing_factor, (int, float)):
+    if isinstance(annealing_factor, bool) or not isinstance(
+        annealing_factor, (int, float)
+    ):
         raise TypeError(f"annealing_factor must be a number, got {annealing_factor!r}")
     if not annealing_factor >= 0:
         raise ValueError(f"annealing_factor must be >= 0, got {annealing_factor}")

@@ -71,7 +71,11 @@ def importance_sampled_log_likelihood(
     unbiased ELBO estimate and its log-mean-exp a consistent (and, in
     expectation, lower) bound on ``log p(x)`` that is above the ELBO.
     """
-    counts = (("num_samples", num_samples), ("chunk_size", chunk_size), ("batch_size", batch_size))
+    counts = (
+        ("num_samples", num_samples),
+        ("chunk_size", chunk_size),
+        ("batch_size", batch_size),
+    )
     for name, value in counts:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -83,17 +87,27 @@ def importance_sampled_log_likelihood(
     log_likelihoods, elbos, lengths, reconstructions = [], [], [], []
     try:
         for start in range(0, len(sequences), batch_size):
-            batch = make_batch([s.to(dtype) for s in sequences[start : start + batch_size]], device=device)
+            batch = make_batch(
+                [s.to(dtype) for s in sequences[start : start + batch_size]],
+                device=device,
+            )
             n = batch.x.shape[0]
             h = model.encode(batch)  # (n, time, rnn_dim): the same for every copy
-            log_sum = torch.full((n,), -math.inf, dtype=dtype, device=device)  # log sum_k w_k
+            log_sum = torch.full(
+                (n,), -math.inf, dtype=dtype, device=device
+            )  # log sum_k w_k
             weight_sum = torch.zeros(n, dtype=dtype, device=device)  # sum_k log w_k
-            log_lik_sum = torch.zeros(n, dtype=dtype, device=device)  # sum_k log p(x | z^(k))
+            log_lik_sum = torch.zeros(
+                n, dtype=dtype, device=device
+            )  # sum_k log p(x | z^(k))
             for done in range(0, num_samples, chunk_size):
                 copies = min(chunk_size, num_samples - done)
                 repeated = _repeat(batch, copies)
                 h_packed = nn.utils.rnn.pack_padded_sequence(
-                    h.repeat(copies, 1, 1), repeated.lengths.cpu(), batch_first=True, enforce_sorted=False
+                    h.repeat(copies, 1, 1),
+                    repeated.lengths.cpu(),
+                    batch_first=True,
+                    enforce_sorted=False,
                 )
                 terms = elbo_terms(model, repeated, kl="sampled", h=h_packed)
                 log_w = (terms.log_lik - terms.kl).view(copies, n)  # (copies, n)
@@ -107,7 +121,10 @@ def importance_sampled_log_likelihood(
     finally:
         model.train(was_training)
     return Evaluation(
-        torch.cat(log_likelihoods), torch.cat(elbos), torch.cat(lengths), torch.cat(reconstructions)
+        torch.cat(log_likelihoods),
+        torch.cat(elbos),
+        torch.cat(lengths),
+        torch.cat(reconstructions),
     )
 
 
@@ -138,12 +155,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m dmm_helpers.evaluate",
         description="Test bound and importance-sampled NLL (nats per time step) of a trained DMM.",
     )
-    parser.add_argument("--checkpoint", required=True, help="best.pt or checkpoint.pt of a run")
-    parser.add_argument("--data", default="jsb", help='"jsb", "bach" or a JSON/MIDI path (default: jsb)')
+    parser.add_argument(
+        "--checkpoint", required=True, help="best.pt or checkpoint.pt of a run"
+    )
+    parser.add_argument(
+        "--data", default="jsb", help='"jsb", "bach" or a JSON/MIDI path (default: jsb)'
+    )
     parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    parser.add_argument("--samples", type=int, default=100, help="importance samples K per sequence")
-    parser.add_argument("--chunk-size", type=int, default=50, help="samples drawn at once")
-    parser.add_argument("--batch-size", type=int, default=20, help="sequences evaluated at once")
+    parser.add_argument(
+        "--samples", type=int, default=100, help="importance samples K per sequence"
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=50, help="samples drawn at once"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=20, help="sequences evaluated at once"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda"')
     args = parser.parse_args(argv)
@@ -153,10 +180,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = load_model(args.checkpoint, device)
     sequences = load_data(args.data)[args.split]
     result = evaluate(
-        model, sequences, args.samples, chunk_size=args.chunk_size, batch_size=args.batch_size
+        model,
+        sequences,
+        args.samples,
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
     )
-    print(json.dumps({"checkpoint": args.checkpoint, "data": args.data, "split": args.split,
-                      "device": str(device), "seed": args.seed, **result}))
+    print(
+        json.dumps(
+            {
+                "checkpoint": args.checkpoint,
+                "data": args.data,
+                "split": args.split,
+                "device": str(device),
+                "seed": args.seed,
+                **result,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

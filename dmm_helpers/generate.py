@@ -64,7 +64,9 @@ class Generated(NamedTuple):
 
 def _check_model(model: Any) -> None:
     if not isinstance(model, DMM):
-        raise TypeError(f"model must be a dmm_helpers.dmm.DMM, got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a dmm_helpers.dmm.DMM, got {type(model).__name__}"
+        )
     with torch.no_grad():
         probe = model.emission_dist(model.z_0[None])
     if not isinstance(getattr(probe, "base_dist", probe), dist.Bernoulli):
@@ -84,7 +86,9 @@ def _check_temperature(temperature: Any) -> float:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature must be a number, got {temperature!r}")
     if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        raise ValueError(
+            f"temperature must be a finite number >= 0, got {temperature!r}"
+        )
     return float(temperature)
 
 
@@ -133,7 +137,9 @@ def _roll_forward(
     xs, zs, all_probs = [], [], []
     for _ in range(num_steps):
         loc, scale = model.transition(z_prev)  # (N, z_dim) each
-        eps = torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
+        eps = torch.randn(
+            loc.shape, generator=generator, dtype=loc.dtype, device=loc.device
+        )
         z_t = loc + temperature * scale * eps  # (N, z_dim)
         logits = _emission_logits(model, z_t)  # (N, input_dim)
         if temperature > 0:
@@ -147,7 +153,9 @@ def _roll_forward(
         all_probs.append(probs)
         z_prev = z_t
     return Generated(
-        x=torch.stack(xs, dim=1), z=torch.stack(zs, dim=1), probs=torch.stack(all_probs, dim=1)
+        x=torch.stack(xs, dim=1),
+        z=torch.stack(zs, dim=1),
+        probs=torch.stack(all_probs, dim=1),
     )  # (N, T, input_dim), (N, T, z_dim), (N, T, input_dim)
 
 
@@ -237,7 +245,9 @@ def continue_sequence(
     num_samples = _check_count("num_samples", num_samples)
     temperature = _check_temperature(temperature)
     parameter = model.z_q_0
-    values = _as_roll(prefix, binary=True, width=model.config.input_dim)  # (P, input_dim)
+    values = _as_roll(
+        prefix, binary=True, width=model.config.input_dim
+    )  # (P, input_dim)
     prefix_x = torch.as_tensor(values, dtype=parameter.dtype, device=parameter.device)
     generator = _generator(seed, parameter.device)
     with _evaluating(model):
@@ -253,7 +263,10 @@ def continue_sequence(
         h = model.encode(batch)  # (1, P, rnn_dim): h[:, t] summarises x_{t:P}
         steps, z_dim = prefix_x.shape[0], model.config.z_dim
         eps = torch.randn(
-            (num_samples, steps, z_dim), generator=generator, dtype=h.dtype, device=h.device
+            (num_samples, steps, z_dim),
+            generator=generator,
+            dtype=h.dtype,
+            device=h.device,
         )
         z_prev = model.z_q_0.expand(num_samples, -1)  # (S, z_dim)
         zs = []
@@ -265,7 +278,9 @@ def continue_sequence(
             zs.append(z_t)
             z_prev = z_t
         z_given = torch.stack(zs, dim=1)  # (S, P, z_dim)
-        probs_given = torch.sigmoid(_emission_logits(model, z_given))  # (S, P, input_dim)
+        probs_given = torch.sigmoid(
+            _emission_logits(model, z_given)
+        )  # (S, P, input_dim)
         future = _roll_forward(model, z_prev, num_steps, temperature, generator)
     x_given = prefix_x.expand(num_samples, -1, -1)  # (S, P, input_dim)
     return Generated(

@@ -61,9 +61,13 @@ def _check_model(
     params = {"A": A, "C": C, "Q": Q, "R": R, "mu0": mu0, "P0": P0}
     for name, value in params.items():
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(
+                f"{name} must be a torch.Tensor, got {type(value).__name__}"
+            )
         if not value.is_floating_point():
-            raise TypeError(f"{name} must have a floating-point dtype, got {value.dtype}")
+            raise TypeError(
+                f"{name} must have a floating-point dtype, got {value.dtype}"
+            )
         if value.dtype != A.dtype or value.device != A.device:
             raise TypeError(
                 f"{name} has dtype {value.dtype} on {value.device} but A has dtype "
@@ -93,7 +97,9 @@ def _check_model(
     for name in ("Q", "R", "P0"):
         M = params[name].detach()
         scale = M.abs().max().clamp_min(torch.finfo(M.dtype).tiny)
-        if not torch.allclose(M, M.mT, rtol=0.0, atol=1e3 * torch.finfo(M.dtype).eps * scale):
+        if not torch.allclose(
+            M, M.mT, rtol=0.0, atol=1e3 * torch.finfo(M.dtype).eps * scale
+        ):
             raise ValueError(f"{name} must be a symmetric covariance matrix, got\n{M}")
         if torch.linalg.cholesky_ex(M).info.item() != 0:
             raise ValueError(
@@ -122,7 +128,9 @@ def _check_observations(
             f"got {tuple(x.shape)}"
         )
     if x.shape[1] == 0:
-        raise ValueError(f"x must have at least one time step, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have at least one time step, got shape {tuple(x.shape)}"
+        )
     if mask is None:
         observed = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     else:
@@ -188,7 +196,9 @@ def sample(
     def standard_normal(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator, dtype=A.dtype, device=A.device)
 
-    z_t = mu0 + standard_normal(num_sequences, z_dim) @ torch.linalg.cholesky(P0).mT  # (B, z_dim)
+    z_t = (
+        mu0 + standard_normal(num_sequences, z_dim) @ torch.linalg.cholesky(P0).mT
+    )  # (B, z_dim)
     L_Q = torch.linalg.cholesky(Q)
     zs = [z_t]
     for _ in range(num_steps - 1):
@@ -196,7 +206,9 @@ def sample(
         z_t = z_t @ A.mT + standard_normal(num_sequences, z_dim) @ L_Q.mT
         zs.append(z_t)
     z = torch.stack(zs, dim=1)  # (B, T, z_dim)
-    noise = standard_normal(num_sequences, num_steps, obs_dim) @ torch.linalg.cholesky(R).mT
+    noise = (
+        standard_normal(num_sequences, num_steps, obs_dim) @ torch.linalg.cholesky(R).mT
+    )
     x = z @ C.mT + noise  # (B, T, obs_dim)
     return Sample(z, x)
 
@@ -270,7 +282,11 @@ def kalman_filter(
         # log N(r; 0, S) = -1/2 |L_S^{-1} r|^2 - sum log diag L_S - obs_dim/2 log 2 pi
         u = torch.linalg.solve_triangular(L_S, r[..., None], upper=False)[..., 0]
         log_det_half = L_S.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        ll_t = -0.5 * u.square().sum(-1) - log_det_half - 0.5 * obs_dim * math.log(2 * math.pi)
+        ll_t = (
+            -0.5 * u.square().sum(-1)
+            - log_det_half
+            - 0.5 * obs_dim * math.log(2 * math.pi)
+        )
         log_lik = log_lik + torch.where(obs_t, ll_t, torch.zeros_like(ll_t))
         mu_filt = torch.where(obs_t[:, None], mu_upd, mu_pred)
         P_filt = torch.where(obs_t[:, None, None], P_upd, P_pred)
@@ -393,11 +409,20 @@ def to_pyro_gaussian_hmm(
     )
     transition_dist = dist.MultivariateNormal(
         torch.cat([mu0[None], mu0.new_zeros(rest, z_dim)]),  # (T, z_dim)
-        covariance_matrix=torch.cat([P0[None], Q.expand(rest, z_dim, z_dim)]),  # (T, z_dim, z_dim)
+        covariance_matrix=torch.cat(
+            [P0[None], Q.expand(rest, z_dim, z_dim)]
+        ),  # (T, z_dim, z_dim)
     )
     eye = torch.eye(z_dim, dtype=A.dtype, device=A.device)
     initial_dist = dist.MultivariateNormal(mu0.new_zeros(z_dim), covariance_matrix=eye)
-    observation_dist = dist.MultivariateNormal(mu0.new_zeros(obs_dim), covariance_matrix=R)
+    observation_dist = dist.MultivariateNormal(
+        mu0.new_zeros(obs_dim), covariance_matrix=R
+    )
     return dist.GaussianHMM(
-        initial_dist, transition_matrix, transition_dist, C.mT, observation_dist, duration=num_steps
+        initial_dist,
+        transition_matrix,
+        transition_dist,
+        C.mT,
+        observation_dist,
+        duration=num_steps,
     )

@@ -84,8 +84,12 @@ class GatedTransition(nn.Module):
         nn.init.zeros_(self.linear_loc.bias)
 
     def forward(self, z_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gate = torch.sigmoid(self.gate_out(F.relu(self.gate_hidden(z_prev))))  # (..., z_dim)
-        proposal = self.proposal_out(F.relu(self.proposal_hidden(z_prev)))  # (..., z_dim)
+        gate = torch.sigmoid(
+            self.gate_out(F.relu(self.gate_hidden(z_prev)))
+        )  # (..., z_dim)
+        proposal = self.proposal_out(
+            F.relu(self.proposal_hidden(z_prev))
+        )  # (..., z_dim)
         loc = (1 - gate) * self.linear_loc(z_prev) + gate * proposal  # (..., z_dim)
         scale = F.softplus(self.proposal_to_scale(F.relu(proposal)))  # (..., z_dim)
         return loc, scale
@@ -126,7 +130,8 @@ class BackwardRNN(nn.Module):
         super().__init__()
         self.dropout = dropout
         self.input_to_hidden = nn.ModuleList(
-            nn.Linear(input_dim if layer == 0 else rnn_dim, rnn_dim) for layer in range(num_layers)
+            nn.Linear(input_dim if layer == 0 else rnn_dim, rnn_dim)
+            for layer in range(num_layers)
         )
         self.hidden_to_hidden = nn.ModuleList(
             nn.Linear(rnn_dim, rnn_dim, bias=False) for _ in range(num_layers)
@@ -150,8 +155,12 @@ class BackwardRNN(nn.Module):
         ):
             if layer > 0:
                 inputs = F.dropout(inputs, self.dropout, self.training)
-            projected = to_hidden(inputs)  # (N, rnn_dim): W_in x + b for every step at once
-            inputs = _ReluRecurrence.apply(projected, self.h_0[layer], recurrent.weight, sizes)
+            projected = to_hidden(
+                inputs
+            )  # (N, rnn_dim): W_in x + b for every step at once
+            inputs = _ReluRecurrence.apply(
+                projected, self.h_0[layer], recurrent.weight, sizes
+            )
         return packed._replace(data=inputs[_unreversed_rows(packed, lengths)])
 
 
@@ -179,7 +188,9 @@ class _ReluRecurrence(torch.autograd.Function):
         h = h_0.expand(sizes[0], -1)  # (batch, rnn_dim)
         outputs = []
         for projected_t in projected.split(sizes):
-            h = torch.relu(projected_t + h[: len(projected_t)] @ weight.T)  # (running, rnn_dim)
+            h = torch.relu(
+                projected_t + h[: len(projected_t)] @ weight.T
+            )  # (running, rnn_dim)
             outputs.append(h)
         h_all = torch.cat(outputs)  # (N, rnn_dim)
         ctx.save_for_backward(h_all, h_0, weight)
@@ -250,7 +261,9 @@ class Combiner(nn.Module):
     def __init__(self, z_dim: int, rnn_dim: int) -> None:
         super().__init__()
         self.z_to_hidden = nn.Linear(z_dim, rnn_dim)
-        self.hidden_to_loc_scale = nn.Linear(rnn_dim, 2 * z_dim)  # rows: loc, then scale
+        self.hidden_to_loc_scale = nn.Linear(
+            rnn_dim, 2 * z_dim
+        )  # rows: loc, then scale
 
     def project_rnn(self, h_rnn: torch.Tensor) -> torch.Tensor:
         """The ``h_t`` half of the output layer: ``(..., rnn_dim)`` -> ``(..., 2 z_dim)``."""
@@ -261,7 +274,9 @@ class Combiner(nn.Module):
         self, z_prev: torch.Tensor, h_projected: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``loc``, ``scale`` from ``z_{t-1}`` and :meth:`project_rnn`'s output at step ``t``."""
-        z_half = F.linear(torch.tanh(self.z_to_hidden(z_prev)) / 2, self.hidden_to_loc_scale.weight)
+        z_half = F.linear(
+            torch.tanh(self.z_to_hidden(z_prev)) / 2, self.hidden_to_loc_scale.weight
+        )
         loc, scale_arg = (z_half + h_projected).chunk(2, dim=-1)  # (..., z_dim) each
         return loc, F.softplus(scale_arg)
 
@@ -287,16 +302,28 @@ class LinearGaussian(nn.Module):
     def __init__(self, matrix: torch.Tensor, scale: torch.Tensor) -> None:
         super().__init__()
         if not isinstance(matrix, torch.Tensor) or matrix.dim() != 2:
-            got = tuple(matrix.shape) if isinstance(matrix, torch.Tensor) else type(matrix).__name__
-            raise ValueError(f"matrix must be a 2-D tensor (out_dim, in_dim); got {got}")
+            got = (
+                tuple(matrix.shape)
+                if isinstance(matrix, torch.Tensor)
+                else type(matrix).__name__
+            )
+            raise ValueError(
+                f"matrix must be a 2-D tensor (out_dim, in_dim); got {got}"
+            )
         if not isinstance(scale, torch.Tensor) or scale.shape != matrix.shape[:1]:
-            shape = tuple(scale.shape) if isinstance(scale, torch.Tensor) else type(scale).__name__
+            shape = (
+                tuple(scale.shape)
+                if isinstance(scale, torch.Tensor)
+                else type(scale).__name__
+            )
             raise ValueError(
                 f"scale must be a tensor of shape ({matrix.shape[0]},), one standard "
                 f"deviation per output; got {shape}"
             )
         if not bool((scale > 0).all()):
-            raise ValueError(f"scale must be positive; got minimum {float(scale.min())}")
+            raise ValueError(
+                f"scale must be positive; got minimum {float(scale.min())}"
+            )
         self.register_buffer("matrix", matrix.detach().clone())
         self.register_buffer("scale", scale.detach().clone())
 

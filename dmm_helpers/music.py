@@ -47,9 +47,15 @@ from .data import (
 
 _NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
-DEFAULT_TEMPO_BPM = 120.0  # quarter notes per minute: 0.5 s a step, as synthesize's default
-DEFAULT_PROGRAM = 19  # General MIDI program (0-based) 19, church organ: sustains held notes
-SOUNDFONT_ENV = "DMM_SOUNDFONT"  # a reader's own .sf2 file, tried before the standard places
+DEFAULT_TEMPO_BPM = (
+    120.0  # quarter notes per minute: 0.5 s a step, as synthesize's default
+)
+DEFAULT_PROGRAM = (
+    19  # General MIDI program (0-based) 19, church organ: sustains held notes
+)
+SOUNDFONT_ENV = (
+    "DMM_SOUNDFONT"  # a reader's own .sf2 file, tried before the standard places
+)
 # Where Linux distributions install a General MIDI soundfont: Debian/Ubuntu's
 # fluid-soundfont-gm, its "default GM" alternative, Fedora's and Arch's.
 SOUNDFONT_PATHS = (
@@ -80,10 +86,18 @@ def _as_roll(roll: Any, *, binary: bool, width: int = NUM_NOTES) -> np.ndarray:
             f"a piano roll must be a torch tensor or numpy array, got {type(roll).__name__}"
         )
     if roll.ndim != 2:
-        raise ValueError(f"a piano roll must be 2-D (time, {width}); got shape {roll.shape}")
+        raise ValueError(
+            f"a piano roll must be 2-D (time, {width}); got shape {roll.shape}"
+        )
     if roll.shape[1] != width:
-        what = f"one per key, column 0 = MIDI {LOWEST_NOTE}" if width == NUM_NOTES else "input_dim"
-        raise ValueError(f"a piano roll must have {width} columns ({what}); got {roll.shape[1]}")
+        what = (
+            f"one per key, column 0 = MIDI {LOWEST_NOTE}"
+            if width == NUM_NOTES
+            else "input_dim"
+        )
+        raise ValueError(
+            f"a piano roll must have {width} columns ({what}); got {roll.shape[1]}"
+        )
     if roll.shape[0] == 0:
         raise ValueError("the piano roll is empty (0 time steps)")
     if roll.dtype == bool:
@@ -121,7 +135,9 @@ def _note_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     padded[1:-1] = values
     # Transposed, so that nonzero() walks key by key and each key's starts
     # and stops come out in time order and pair up.
-    edges = np.diff(padded, axis=0).T  # (K, T + 1): +1 where a note starts, -1 after it ends
+    edges = np.diff(
+        padded, axis=0
+    ).T  # (K, T + 1): +1 where a note starts, -1 after it ends
     keys, starts = np.nonzero(edges > 0)
     _, stops = np.nonzero(edges < 0)
     return keys, starts, stops
@@ -196,7 +212,9 @@ def plot_piano_roll(
         ticks = sorted({midi_low, *ticks, midi_high})
     ax.set_yticks(ticks)
     ax.set_yticklabels([f"{note_name(m)} ({m})" for m in ticks])
-    ax.set_xlabel("time (s)" if seconds_per_step is not None else "time step (quarter notes)")
+    ax.set_xlabel(
+        "time (s)" if seconds_per_step is not None else "time step (quarter notes)"
+    )
     ax.set_ylabel("pitch")
     if title is not None:
         ax.set_title(title)
@@ -243,13 +261,19 @@ def synthesize(
     _check_seconds_per_step(seconds_per_step)
     _check_peak(peak)
     if not harmonics or any(a < 0 for a in harmonics):
-        raise ValueError(f"harmonics must be non-negative amplitudes, got {harmonics!r}")
+        raise ValueError(
+            f"harmonics must be non-negative amplitudes, got {harmonics!r}"
+        )
     if not (decay_seconds > 0 and attack_seconds >= 0 and release_seconds >= 0):
-        raise ValueError("decay_seconds must be positive; attack and release non-negative")
+        raise ValueError(
+            "decay_seconds must be positive; attack and release non-negative"
+        )
     steps = values.shape[0]
     # Sample index where each step starts; rounding each boundary (not each
     # step length) keeps the total exact and the error per boundary < 1 sample.
-    bounds = np.round(np.arange(steps + 1) * seconds_per_step * sample_rate).astype(np.int64)
+    bounds = np.round(np.arange(steps + 1) * seconds_per_step * sample_rate).astype(
+        np.int64
+    )
     wave = np.zeros(bounds[-1], dtype=np.float64)
     for key, start, stop in zip(*_note_runs(values)):
         frequency = 440.0 * 2.0 ** ((LOWEST_NOTE + key - 69) / 12.0)
@@ -304,7 +328,11 @@ def _check_tempo(tempo_bpm: Any) -> float:
 
 
 def _check_program(program: Any) -> int:
-    if isinstance(program, bool) or not isinstance(program, int) or not 0 <= program <= 127:
+    if (
+        isinstance(program, bool)
+        or not isinstance(program, int)
+        or not 0 <= program <= 127
+    ):
         raise ValueError(
             f"program must be a General MIDI program number, an int in 0..127 "
             f"(0 = piano, 19 = church organ, 52 = choir), got {program!r}"
@@ -386,7 +414,9 @@ def roll_to_stream(
         for start, stop, midi in line:
             part.insert(start, note.Note(midi, quarterLength=stop - start))
         parts.append(part)
-    parts[0].insert(0, tempo.MetronomeMark(number=tempo_bpm, referent=note.Note(type="quarter")))
+    parts[0].insert(
+        0, tempo.MetronomeMark(number=tempo_bpm, referent=note.Note(type="quarter"))
+    )
     return stream.Score(parts)
 
 
@@ -411,7 +441,9 @@ def stream_to_roll(score: Any) -> torch.Tensor:
         raise TypeError(f"expected a music21 stream, got {type(score).__name__}")
     notes = quantize_to_quarters(score)
     if not notes:
-        raise ValueError("the stream has no pitched notes, so its piano roll would be empty")
+        raise ValueError(
+            "the stream has no pitched notes, so its piano roll would be empty"
+        )
     _validate_sequence(notes, "the stream")
     return _notes_to_roll(notes)  # (T, 88)
 
@@ -489,11 +521,17 @@ def midi_download_link(
     """
     from IPython.display import HTML
 
-    if not isinstance(filename, str) or not filename.endswith((".mid", ".midi")) or "/" in filename:
-        raise ValueError(f"filename must be a plain name ending in .mid or .midi, got {filename!r}")
-    payload = base64.b64encode(midi_bytes(roll, tempo_bpm=tempo_bpm, program=program)).decode(
-        "ascii"
-    )
+    if (
+        not isinstance(filename, str)
+        or not filename.endswith((".mid", ".midi"))
+        or "/" in filename
+    ):
+        raise ValueError(
+            f"filename must be a plain name ending in .mid or .midi, got {filename!r}"
+        )
+    payload = base64.b64encode(
+        midi_bytes(roll, tempo_bpm=tempo_bpm, program=program)
+    ).decode("ascii")
     label = html.escape(text if text is not None else f"download {filename}")
     return HTML(
         f'<a download="{html.escape(filename)}" href="data:audio/midi;base64,{payload}">{label}</a>'
@@ -633,21 +671,33 @@ def render_fluidsynth(
             str(soundfont),
             str(midi_path),
         ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=_TIMEOUT_SECONDS)
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=_TIMEOUT_SECONDS
+        )
         messages = (result.stderr + result.stdout).strip()[-2000:]
         if result.returncode != 0 or not wav_path.is_file():
-            raise RuntimeError(f"FluidSynth failed (exit status {result.returncode}): {messages}")
-        if "not a SoundFont" in messages:  # it would go on with its default soundfont, if any
-            raise RuntimeError(f"FluidSynth could not load the soundfont {soundfont}: {messages}")
+            raise RuntimeError(
+                f"FluidSynth failed (exit status {result.returncode}): {messages}"
+            )
+        if (
+            "not a SoundFont" in messages
+        ):  # it would go on with its default soundfont, if any
+            raise RuntimeError(
+                f"FluidSynth could not load the soundfont {soundfont}: {messages}"
+            )
         mono, rate = _read_wav(wav_path.read_bytes())
     if np.abs(mono).max(initial=0.0) < 1e-3:  # below -60 dBFS: only dither noise
         # FluidSynth exits with status 0 even when it cannot load the soundfont.
         raise RuntimeError(f"FluidSynth rendered silence from {soundfont}: {messages}")
     if rate != sample_rate:
-        raise RuntimeError(f"FluidSynth wrote {rate} samples a second instead of {sample_rate}")
+        raise RuntimeError(
+            f"FluidSynth wrote {rate} samples a second instead of {sample_rate}"
+        )
     if mono.size < music_samples:
         mono = np.concatenate([mono, np.zeros(music_samples - mono.size)])
-    loud = np.flatnonzero(np.abs(mono) > 1e-3 * np.abs(mono).max())  # within 60 dB of the peak
+    loud = np.flatnonzero(
+        np.abs(mono) > 1e-3 * np.abs(mono).max()
+    )  # within 60 dB of the peak
     end = max(music_samples, int(loud[-1]) + 1 if loud.size else 0)
     end = min(end, music_samples + round(max_tail_seconds * sample_rate))
     mono = mono[:end].copy()
@@ -668,7 +718,9 @@ class RollAudio:
     IPython is imported only here, so the rest of the module works without it.
     """
 
-    def __init__(self, wave: np.ndarray, rate: int, backend: str, description: str) -> None:
+    def __init__(
+        self, wave: np.ndarray, rate: int, backend: str, description: str
+    ) -> None:
         from IPython.display import Audio
 
         self.wave, self.rate = wave, rate
@@ -688,12 +740,15 @@ class RollAudio:
         )
 
     def __repr__(self) -> str:
-        return (
-            f"<RollAudio: {self.wave.size / self.rate:.1f} s at {self.rate} Hz; {self.description}>"
-        )
+        return f"<RollAudio: {self.wave.size / self.rate:.1f} s at {self.rate} Hz; {self.description}>"
 
 
-_SYNTHESIS_SETTINGS = ("harmonics", "decay_seconds", "attack_seconds", "release_seconds")
+_SYNTHESIS_SETTINGS = (
+    "harmonics",
+    "decay_seconds",
+    "attack_seconds",
+    "release_seconds",
+)
 
 
 def audio(
@@ -725,7 +780,9 @@ def audio(
     if unknown:
         raise TypeError(f"audio() got unexpected keyword arguments {unknown}")
     if backend not in ("auto", "fluidsynth", "numpy"):
-        raise ValueError(f'backend must be "auto", "fluidsynth" or "numpy", got {backend!r}')
+        raise ValueError(
+            f'backend must be "auto", "fluidsynth" or "numpy", got {backend!r}'
+        )
     values = _as_roll(roll, binary=True)  # (T, 88)
     if backend == "fluidsynth" and kwargs:
         raise TypeError(
@@ -753,11 +810,17 @@ def audio(
         )
         return RollAudio(wave_, sample_rate, "fluidsynth", description)
     wave_ = synthesize(
-        values, sample_rate=sample_rate, seconds_per_step=seconds_per_step, peak=peak, **kwargs
+        values,
+        sample_rate=sample_rate,
+        seconds_per_step=seconds_per_step,
+        peak=peak,
+        **kwargs,
     )
     description = "additive synthesis in numpy (a few harmonics, decaying)"
     if backend == "auto" and not kwargs:
-        description += "; install FluidSynth and a General MIDI soundfont for instrument sound"
+        description += (
+            "; install FluidSynth and a General MIDI soundfont for instrument sound"
+        )
     return RollAudio(wave_, sample_rate, "numpy", description)
 
 
@@ -771,7 +834,9 @@ def find_lilypond() -> str | None:
     return shutil.which("lilypond")
 
 
-def roll_to_score(roll: Any, *, time_signature: str = "4/4", split: int | None = None) -> Any:
+def roll_to_score(
+    roll: Any, *, time_signature: str = "4/4", split: int | None = None
+) -> Any:
     """A binary piano roll as a readable two-staff score (a music21 ``Score``).
 
     Notes from MIDI ``split`` up go on the upper staff, the rest on the
@@ -789,7 +854,9 @@ def roll_to_score(roll: Any, *, time_signature: str = "4/4", split: int | None =
 
     values = _as_roll(roll, binary=True)  # (T, 88)
     if not isinstance(time_signature, str):
-        raise TypeError(f"time_signature must be a string such as '4/4', got {time_signature!r}")
+        raise TypeError(
+            f"time_signature must be a string such as '4/4', got {time_signature!r}"
+        )
     try:
         meter.TimeSignature(time_signature)
     except Exception as error:  # noqa: BLE001 -- music21's MeterException; say what was wrong
@@ -801,9 +868,13 @@ def roll_to_score(roll: Any, *, time_signature: str = "4/4", split: int | None =
         _, keys = np.nonzero(values)
         split = LOWEST_NOTE + int(np.median(keys)) if keys.size else 60
     elif (
-        isinstance(split, bool) or not isinstance(split, int) or not LOWEST_NOTE <= split <= highest
+        isinstance(split, bool)
+        or not isinstance(split, int)
+        or not LOWEST_NOTE <= split <= highest
     ):
-        raise ValueError(f"split must be a MIDI number in {LOWEST_NOTE}..{highest}, got {split!r}")
+        raise ValueError(
+            f"split must be a MIDI number in {LOWEST_NOTE}..{highest}, got {split!r}"
+        )
     steps = values.shape[0]
     staves = []
     for keys in (slice(split - LOWEST_NOTE, None), slice(0, split - LOWEST_NOTE)):
@@ -812,7 +883,8 @@ def roll_to_score(roll: Any, *, time_signature: str = "4/4", split: int | None =
         part = stream.Part()
         for key, start, stop in zip(*_note_runs(on_staff)):
             part.insert(
-                int(start), note.Note(LOWEST_NOTE + int(key), quarterLength=int(stop - start))
+                int(start),
+                note.Note(LOWEST_NOTE + int(key), quarterLength=int(stop - start)),
             )
         staff_clef = clef.bestClef(part) if on_staff.any() else clef.BassClef()
         # Simultaneous notes become chords, with ties where a held note meets a change.
@@ -834,7 +906,9 @@ def _crop_and_stack(pages: list[Path], margin: int = 12) -> bytes:
     for page in pages:
         with Image.open(page) as image:
             grey = image.convert("L")
-            box = ImageOps.invert(grey).getbbox()  # the bounding box of non-white pixels
+            box = ImageOps.invert(
+                grey
+            ).getbbox()  # the bounding box of non-white pixels
             if box is not None:
                 pieces.append(grey.crop(box))
     if not pieces:
@@ -848,7 +922,9 @@ def _crop_and_stack(pages: list[Path], margin: int = 12) -> bytes:
         sheet.paste(piece, (0, top))
         top += piece.height + gap
     buffer = io.BytesIO()
-    ImageOps.expand(sheet, border=margin, fill=255).save(buffer, format="PNG", optimize=True)
+    ImageOps.expand(sheet, border=margin, fill=255).save(
+        buffer, format="PNG", optimize=True
+    )
     return buffer.getvalue()
 
 
@@ -889,17 +965,24 @@ def score_image(
             str(ly_file),
         ]
         result = subprocess.run(
-            command, capture_output=True, text=True, cwd=folder, timeout=_TIMEOUT_SECONDS
+            command,
+            capture_output=True,
+            text=True,
+            cwd=folder,
+            timeout=_TIMEOUT_SECONDS,
         )
         # music21's preamble makes one page per line of music: score-page1.png, ...
         pages = sorted(
-            Path(folder).glob("score-page*.png"), key=lambda p: int(p.stem.rsplit("page", 1)[1])
+            Path(folder).glob("score-page*.png"),
+            key=lambda p: int(p.stem.rsplit("page", 1)[1]),
         )
         if not pages and (Path(folder) / "score.png").is_file():
             pages = [Path(folder) / "score.png"]
         if result.returncode != 0 or not pages:
             messages = result.stderr.strip()[-2000:]
-            raise RuntimeError(f"LilyPond failed (exit status {result.returncode}): {messages}")
+            raise RuntimeError(
+                f"LilyPond failed (exit status {result.returncode}): {messages}"
+            )
         png = _crop_and_stack(pages)
     if path is not None:
         _atomic_write_bytes(Path(path).expanduser(), png)
@@ -912,7 +995,15 @@ def score_image(
 # Statistics: "sounds like Bach" as numbers
 # ---------------------------------------------------------------------------
 
-_MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)  # pitch classes of C major (and of A minor, its mode)
+_MAJOR_SCALE = (
+    0,
+    2,
+    4,
+    5,
+    7,
+    9,
+    11,
+)  # pitch classes of C major (and of A minor, its mode)
 
 
 def _as_rolls(rolls: Any) -> list[np.ndarray]:
@@ -956,7 +1047,9 @@ def notes_per_step(rolls: Any) -> np.ndarray:
     Returns:
         int64 array ``(sum of the T's,)``.
     """
-    return np.concatenate([roll.sum(axis=1) for roll in _as_rolls(rolls)]).astype(np.int64)
+    return np.concatenate([roll.sum(axis=1) for roll in _as_rolls(rolls)]).astype(
+        np.int64
+    )
 
 
 def pitch_class_histogram(rolls: Any) -> np.ndarray:
@@ -996,7 +1089,8 @@ def note_durations(rolls: Any) -> np.ndarray:
         int64 array, one entry per note (empty when nothing sounds).
     """
     lengths = [
-        stops - starts for _, starts, stops in (_note_runs(roll) for roll in _as_rolls(rolls))
+        stops - starts
+        for _, starts, stops in (_note_runs(roll) for roll in _as_rolls(rolls))
     ]
     return np.concatenate(lengths).astype(np.int64)
 
@@ -1056,7 +1150,9 @@ def music_statistics(rolls: Any) -> MusicStatistics:
         four_note_steps=float((counts == 4).mean()),
         silent_steps=float((counts == 0).mean()),
         mean_note_duration=float(durations.mean()) if durations.size else float("nan"),
-        scale_consistency=float(consistency[sounding].mean()) if sounding.any() else float("nan"),
+        scale_consistency=float(consistency[sounding].mean())
+        if sounding.any()
+        else float("nan"),
         pitch_class_histogram=(
             pitch_class_histogram(checked) if durations.size else np.full(12, np.nan)
         ),

@@ -31,12 +31,21 @@ from typing import Any
 
 import torch
 
-from dmm_helpers.data import ChecksumError, _atomic_write_bytes, _download, default_cache_dir, sha256_of
+from dmm_helpers.data import (
+    ChecksumError,
+    _atomic_write_bytes,
+    _download,
+    default_cache_dir,
+    sha256_of,
+)
 from dmm_helpers.dmm import DMM
 
 # The repository, as in _config.yml (a test checks that the two agree).
 REPOSITORY_URL = "https://github.com/dmm-book/deep-markov-models"
-RAW_URL = REPOSITORY_URL.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/pretrained"
+RAW_URL = (
+    REPOSITORY_URL.replace("https://github.com/", "https://raw.githubusercontent.com/")
+    + "/main/pretrained"
+)
 MANIFEST_PATH = Path(__file__).with_name("pretrained.json")
 REPOSITORY_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 FILES = ("model.pt", "log.jsonl", "command.txt")
@@ -102,19 +111,27 @@ def training_command(name: str) -> str:
     return (pretrained_dir(name) / "command.txt").read_text().splitlines()[0]
 
 
-def ship(run_dir: str | os.PathLike, name: str, description: str, target: Path | None = None) -> Path:
+def ship(
+    run_dir: str | os.PathLike, name: str, description: str, target: Path | None = None
+) -> Path:
     """Copy a run's ``best.pt``, ``log.jsonl`` and ``command.txt`` into ``pretrained/name`` and list them.
 
     Every file is written to a temporary name and renamed; the manifest last,
     so a shipped folder is never listed with files it does not have.
     """
     run = Path(run_dir)
-    sources = {"model.pt": run / "best.pt", "log.jsonl": run / "log.jsonl", "command.txt": run / "command.txt"}
+    sources = {
+        "model.pt": run / "best.pt",
+        "log.jsonl": run / "log.jsonl",
+        "command.txt": run / "command.txt",
+    }
     missing = [str(path) for path in sources.values() if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"cannot ship {run}: missing {missing}")
     if not name or not name.replace("_", "").isalnum():
-        raise ValueError(f"a model name is letters, digits and underscores, got {name!r}")
+        raise ValueError(
+            f"a model name is letters, digits and underscores, got {name!r}"
+        )
     folder = (target or REPOSITORY_DIR) / name
     folder.mkdir(parents=True, exist_ok=True)
     for file, source in sources.items():
@@ -126,7 +143,9 @@ def ship(run_dir: str | os.PathLike, name: str, description: str, target: Path |
         "description": description,
         "files": {file: sha256_of(folder / file) for file in FILES},
     }
-    _atomic_write_bytes(MANIFEST_PATH, (json.dumps(models, indent=2, sort_keys=True) + "\n").encode())
+    _atomic_write_bytes(
+        MANIFEST_PATH, (json.dumps(models, indent=2, sort_keys=True) + "\n").encode()
+    )
     return folder
 
 

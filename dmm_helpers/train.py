@@ -51,8 +51,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from dmm_helpers import __version__
-from dmm_helpers.data import JSB_SHA256, load_bach_chorales, load_jsb, load_sequences, make_batch
-from dmm_helpers.data import minibatches, sha256_of
+from dmm_helpers.data import (
+    JSB_SHA256,
+    load_bach_chorales,
+    load_jsb,
+    load_sequences,
+    make_batch,
+    minibatches,
+    sha256_of,
+)
 from dmm_helpers.dmm import DMM, DMMConfig
 from dmm_helpers.elbo import elbo
 
@@ -71,20 +78,30 @@ class NonFiniteLossError(RuntimeError):
 class TrainConfig:
     """The flags of a training run; each field is a ``--flag`` of the command line."""
 
-    data: str = "jsb"  # "jsb" (canonical), "bach" (music21 stand-in) or a JSON/MIDI path
+    data: str = (
+        "jsb"  # "jsb" (canonical), "bach" (music21 stand-in) or a JSON/MIDI path
+    )
     out: str = "runs/dmm"  # where checkpoints and the log go
     epochs: int = 5000  # passes over the training set
     batch_size: int = 20  # sequences per mini-batch
     learning_rate: float = 3e-4  # Adam's step size at step 0
     beta1: float = 0.96  # Adam's first-moment decay
     beta2: float = 0.999  # Adam's second-moment decay
-    clip_norm: float = 10.0  # every gradient entry is clamped to [-clip_norm, clip_norm]
+    clip_norm: float = (
+        10.0  # every gradient entry is clamped to [-clip_norm, clip_norm]
+    )
     lr_decay: float = 0.99996  # the learning rate is multiplied by this every step
     weight_decay: float = 2.0  # L2 penalty added to the gradient of the summed loss
-    kl: str = "analytic"  # the KL term: "analytic" (closed form) or "sampled" (as Trace_ELBO)
-    ema_decay: float = 0.0  # evaluate and keep an exponential moving average of the weights (0: off)
+    kl: str = (
+        "analytic"  # the KL term: "analytic" (closed form) or "sampled" (as Trace_ELBO)
+    )
+    ema_decay: float = (
+        0.0  # evaluate and keep an exponential moving average of the weights (0: off)
+    )
     annealing_epochs: int = 1000  # epochs over which the KL factor rises to 1
-    minimum_annealing_factor: float = 0.2  # the KL factor's starting point (see annealing_factor)
+    minimum_annealing_factor: float = (
+        0.2  # the KL factor's starting point (see annealing_factor)
+    )
     seed: int = 0  # seeds the initial weights, the batch order and the samples
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
     eval_every: int = 10  # epochs between evaluations on valid and test (0: never)
@@ -96,7 +113,9 @@ class TrainConfig:
     transition_dim: int = 200  # hidden units of the gated transition
     rnn_dim: int = 600  # hidden units of the backward RNN
     rnn_layers: int = 1  # layers of the backward RNN
-    rnn_dropout: float = 0.0  # dropout between stacked RNN layers (needs rnn_layers > 1)
+    rnn_dropout: float = (
+        0.0  # dropout between stacked RNN layers (needs rnn_layers > 1)
+    )
     num_iafs: int = 0  # inverse autoregressive flows in the guide
     iaf_dim: int = 100  # hidden units of each flow's network
 
@@ -136,12 +155,23 @@ class TrainConfig:
 
 # Flags that may change when a run is resumed; any other change is an error,
 # because the continued run would no longer be the run that was started.
-RESUMABLE_CHANGES = frozenset({"epochs", "device", "eval_every", "eval_batch_size", "progress", "out"})
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "device", "eval_every", "eval_batch_size", "progress", "out"}
+)
 
 # What --resume needs besides the weights; best.pt, for one, holds only the weights.
 TRAINING_STATE = frozenset(
-    {"train_config", "optimizer", "rng", "epoch", "batch_in_epoch", "step", "skipped_steps",
-     "elapsed", "best_valid"}
+    {
+        "train_config",
+        "optimizer",
+        "rng",
+        "epoch",
+        "batch_in_epoch",
+        "step",
+        "skipped_steps",
+        "elapsed",
+        "best_valid",
+    }
 )
 
 
@@ -167,7 +197,9 @@ def check_config(config: TrainConfig) -> None:
     if config.kl not in FLAG_CHOICES["kl"]:
         raise ValueError(f'--kl must be "analytic" or "sampled", got {config.kl!r}')
     if not 0.0 <= config.ema_decay < 1.0:
-        raise ValueError(f"--ema-decay must lie in [0, 1) (0 switches it off), got {config.ema_decay}")
+        raise ValueError(
+            f"--ema-decay must lie in [0, 1) (0 switches it off), got {config.ema_decay}"
+        )
     if config.batch_size < 1 or config.epochs < 0:
         raise ValueError(
             f"--batch-size must be >= 1 and --epochs >= 0, got {config.batch_size} and {config.epochs}"
@@ -198,7 +230,9 @@ def load_data(spec: str) -> dict[str, list[torch.Tensor]]:
         return load_bach_chorales()
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f'--data {spec!r}: no such file or folder (or use "jsb" or "bach")')
+        raise FileNotFoundError(
+            f'--data {spec!r}: no such file or folder (or use "jsb" or "bach")'
+        )
     if path.is_file() and sha256_of(path) == JSB_SHA256:
         return load_jsb(path)
     return load_sequences(path)
@@ -206,7 +240,11 @@ def load_data(spec: str) -> dict[str, list[torch.Tensor]]:
 
 def versions() -> dict[str, str]:
     """The versions that produced a checkpoint, stored in it for the record."""
-    return {"torch": str(torch.__version__), "pyro": str(pyro.__version__), "dmm_helpers": __version__}
+    return {
+        "torch": str(torch.__version__),
+        "pyro": str(pyro.__version__),
+        "dmm_helpers": __version__,
+    }
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -223,7 +261,9 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu"
+) -> dict[str, Any]:
     """Read a checkpoint written by this module (``weights_only``: no code is unpickled).
 
     Raises :class:`CheckpointError` for a missing, corrupt or truncated file,
@@ -234,7 +274,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        ValueError,
+    ) as error:
         raise CheckpointError(
             f"{path} is not a readable checkpoint (corrupt or truncated file?): {error}"
         ) from error
@@ -252,13 +299,17 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> D
     try:
         config = DMMConfig.from_dict(state["model_config"])
     except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: the stored model config is not usable: {error}") from error
+        raise CheckpointError(
+            f"{path}: the stored model config is not usable: {error}"
+        ) from error
     model = DMM(config).to(device)
     _load_state_dict(model, state["model"], path)
     return model.eval()
 
 
-def _load_state_dict(model: DMM, weights: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+def _load_state_dict(
+    model: DMM, weights: dict[str, torch.Tensor], path: str | os.PathLike
+) -> None:
     """``load_state_dict`` with an error that names the mismatching tensors."""
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
@@ -277,7 +328,9 @@ def _load_state_dict(model: DMM, weights: dict[str, torch.Tensor], path: str | o
 
 
 @torch.no_grad()
-def evaluate_bound(model: DMM, sequences: Sequence[torch.Tensor], batch_size: int = 100) -> float:
+def evaluate_bound(
+    model: DMM, sequences: Sequence[torch.Tensor], batch_size: int = 100
+) -> float:
     """The negative ELBO per time step (nats), ``beta = 1``, dropout off: the number papers report."""
     was_training = model.training
     model.eval()
@@ -286,7 +339,8 @@ def evaluate_bound(model: DMM, sequences: Sequence[torch.Tensor], batch_size: in
     try:
         for start in range(0, len(sequences), batch_size):
             batch = make_batch(
-                [s.to(model.z_0.dtype) for s in sequences[start : start + batch_size]], device=device
+                [s.to(model.z_0.dtype) for s in sequences[start : start + batch_size]],
+                device=device,
             )
             total -= elbo(model, batch).item()
             steps += int(batch.lengths.sum())
@@ -306,7 +360,11 @@ class Trainer:
         self.out = Path(config.out)
         self.checkpoint_path = self.out / "checkpoint.pt"
         self.device = resolve_device(config.device)
-        saved = load_checkpoint(self.checkpoint_path, map_location=self.device) if resume else None
+        saved = (
+            load_checkpoint(self.checkpoint_path, map_location=self.device)
+            if resume
+            else None
+        )
         if saved is not None:
             missing = sorted(TRAINING_STATE - set(saved))
             if missing:
@@ -335,7 +393,9 @@ class Trainer:
         # The weights that are evaluated and kept as best.pt: the trained ones,
         # or their exponential moving average (updated after every step).
         self.averaged = (
-            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+            AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)
+            )
             if config.ema_decay > 0
             else None
         )
@@ -361,11 +421,15 @@ class Trainer:
             stale.unlink(missing_ok=True)
 
     @staticmethod
-    def _merge_resumed_config(stored: dict[str, Any], given: TrainConfig) -> TrainConfig:
+    def _merge_resumed_config(
+        stored: dict[str, Any], given: TrainConfig
+    ) -> TrainConfig:
         known = {field.name for field in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(stored) - known)
         if unknown:
-            raise CheckpointError(f"the checkpoint was written with unknown flags {unknown}")
+            raise CheckpointError(
+                f"the checkpoint was written with unknown flags {unknown}"
+            )
         stored_config = TrainConfig(**stored)
         changed = [
             f"--{name.replace('_', '-')} {getattr(stored_config, name)!r} -> {getattr(given, name)!r}"
@@ -384,7 +448,8 @@ class Trainer:
         overrides = {
             name: getattr(given, name)
             for name in RESUMABLE_CHANGES
-            if name in ("out", "device") or getattr(given, name) != getattr(TrainConfig(), name)
+            if name in ("out", "device")
+            or getattr(given, name) != getattr(TrainConfig(), name)
         }
         return dataclasses.replace(stored_config, **overrides)
 
@@ -403,7 +468,14 @@ class Trainer:
                 )
             self.averaged.load_state_dict(saved["averaged"])
         self.optimizer.load_state_dict(saved["optimizer"])
-        for key in ("epoch", "batch_in_epoch", "step", "skipped_steps", "elapsed", "best_valid"):
+        for key in (
+            "epoch",
+            "batch_in_epoch",
+            "step",
+            "skipped_steps",
+            "elapsed",
+            "best_valid",
+        ):
             setattr(self, key, saved[key])
         # Absent from checkpoints written before these were kept: start the sums afresh.
         self.epoch_loss = saved.get("epoch_loss", 0.0)
@@ -447,7 +519,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+                "cuda": torch.cuda.get_rng_state_all()
+                if self.device.type == "cuda"
+                else None,
             },
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -492,7 +566,9 @@ class Trainer:
         if torch.isfinite(loss):
             loss.backward()
             grads_finite = all(
-                torch.isfinite(p.grad).all() for p in self.model.parameters() if p.grad is not None
+                torch.isfinite(p.grad).all()
+                for p in self.model.parameters()
+                if p.grad is not None
             )
             if grads_finite:
                 self.optimizer.step()
@@ -517,7 +593,9 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "train_loss": train_loss,
-            "annealing_factor": annealing_factor(self.step - 1, self.steps_per_epoch, self.config),
+            "annealing_factor": annealing_factor(
+                self.step - 1, self.steps_per_epoch, self.config
+            ),
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             "elapsed_s": round(self.elapsed, 2),
             "skipped_steps": self.skipped_steps,
@@ -530,7 +608,9 @@ class Trainer:
             for split in ("valid", "test"):
                 if self.data.get(split):
                     record[f"{split}_bound"] = evaluate_bound(
-                        self.evaluated_model, self.data[split], self.config.eval_batch_size
+                        self.evaluated_model,
+                        self.data[split],
+                        self.config.eval_batch_size,
                     )
         with open(self.out / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -547,7 +627,10 @@ class Trainer:
         """Train until ``config.epochs``; returns the evaluation records of this invocation."""
         config = self.config
         records = []
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        handlers = {
+            s: signal.signal(s, self._on_signal)
+            for s in (signal.SIGINT, signal.SIGTERM)
+        }
         bar = tqdm(
             total=config.epochs,
             initial=self.epoch,
@@ -592,9 +675,14 @@ class Trainer:
                 self.epoch_loss, self.epoch_time_steps = 0.0, 0
                 bar.update(1)
                 bar.set_postfix(loss=f"{train_loss:.3f}")
-                if config.eval_every and (self.epoch % config.eval_every == 0 or self.epoch == config.epochs):
+                if config.eval_every and (
+                    self.epoch % config.eval_every == 0 or self.epoch == config.epochs
+                ):
                     records.append(self.evaluate(train_loss))
-                    bar.set_postfix(loss=f"{train_loss:.3f}", valid=f"{records[-1].get('valid_bound', math.nan):.3f}")
+                    bar.set_postfix(
+                        loss=f"{train_loss:.3f}",
+                        valid=f"{records[-1].get('valid_bound', math.nan):.3f}",
+                    )
                 self.save_checkpoint()
         finally:
             bar.close()
@@ -614,13 +702,20 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, bool]:
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default
+            )
         else:
             parser.add_argument(
-                flag, type=type(default), default=default, choices=FLAG_CHOICES.get(field.name),
+                flag,
+                type=type(default),
+                default=default,
+                choices=FLAG_CHOICES.get(field.name),
                 help=f"(default: {default})",
             )
-    parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from --out/checkpoint.pt"
+    )
     args = vars(parser.parse_args(argv))
     resume = args.pop("resume")
     return TrainConfig(**args), resume

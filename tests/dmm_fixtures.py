@@ -14,10 +14,15 @@ from dmm_helpers.dmm import DMM, DMMConfig
 # project machines' copy), else ../shared/data/ seen from the project root.
 JSB_PATH = Path(
     os.environ.get("DMM_JSB_PATH")
-    or Path(__file__).resolve().parents[2] / "shared" / "data" / "jsb-chorales-quarter.json"
+    or Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "jsb-chorales-quarter.json"
 )
 
-SMALL = DMMConfig(input_dim=88, z_dim=3, emission_dim=5, transition_dim=6, rnn_dim=7, iaf_dim=4)
+SMALL = DMMConfig(
+    input_dim=88, z_dim=3, emission_dim=5, transition_dim=6, rnn_dim=7, iaf_dim=4
+)
 
 
 def random_batch(

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
+# Read before any test's monkeypatch removes it; the default is
+# ../shared/data/jsb-chorales-quarter.json seen from the project root.
+from dmm_fixtures import JSB_PATH as _JSB_PATH
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,10 +37,6 @@ from dmm_helpers.data import (
     reverse_sequences,
     rolls_from_notes,
 )
-
-# Read before any test's monkeypatch removes it; the default is
-# ../shared/data/jsb-chorales-quarter.json seen from the project root.
-from dmm_fixtures import JSB_PATH as _JSB_PATH
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +73,7 @@ def _sha(raw: bytes) -> str:
 def _one_byte_changed(raw: bytes) -> bytes:
     """The file with one digit changed, so it is still valid JSON with valid notes."""
     position = raw.index(b"60")  # a note; 61 is a note as well
-    return raw[:position + 1] + b"1" + raw[position + 2:]
+    return raw[: position + 1] + b"1" + raw[position + 2 :]
 
 
 # ---------------------------------------------------------------------------
@@ -107,20 +107,29 @@ def test_jsb_columns_match_midi_numbers(jsb, jsb_bytes):
     # A known note: the first step of the first training chorale is C4 C5 G5 E6.
     assert raw["train"][0][0] == [60, 72, 79, 88]
     first = jsb["train"][0][0]
-    assert torch.nonzero(first).flatten().tolist() == [60 - 21, 72 - 21, 79 - 21, 88 - 21]
+    assert torch.nonzero(first).flatten().tolist() == [
+        60 - 21,
+        72 - 21,
+        79 - 21,
+        88 - 21,
+    ]
     # Every roll against an independent reading of the JSON.
     for split in ("train", "valid", "test"):
         for roll, sequence in zip(jsb[split], raw[split], strict=True):
             assert roll.shape[0] == len(sequence)
             for t, step in enumerate(sequence):
-                assert (torch.nonzero(roll[t]).flatten() + LOWEST_NOTE).tolist() == sorted(step)
+                assert (
+                    torch.nonzero(roll[t]).flatten() + LOWEST_NOTE
+                ).tolist() == sorted(step)
 
 
 def test_jsb_from_environment_variable(jsb_path, monkeypatch, jsb):
     monkeypatch.setenv("DMM_JSB_PATH", str(jsb_path))
     from_env = load_jsb()
     assert all(
-        torch.equal(a, b) for split in jsb for a, b in zip(from_env[split], jsb[split], strict=True)
+        torch.equal(a, b)
+        for split in jsb
+        for a, b in zip(from_env[split], jsb[split], strict=True)
     )
 
 
@@ -131,7 +140,9 @@ def test_jsb_environment_variable_naming_no_file(monkeypatch, tmp_path):
 
 
 def test_jsb_missing_local_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="JSB chorales file not found: .*absent.json"):
+    with pytest.raises(
+        FileNotFoundError, match="JSB chorales file not found: .*absent.json"
+    ):
         load_jsb(tmp_path / "absent.json")
 
 
@@ -179,7 +190,9 @@ class _Server:
                 if kind == "chunked-truncated":  # one chunk announced whole, cut short
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
-                    self.wfile.write(f"{len(body):x}\r\n".encode() + body[: len(body) // 3])
+                    self.wfile.write(
+                        f"{len(body):x}\r\n".encode() + body[: len(body) // 3]
+                    )
                     self.wfile.flush()
                     self.close_connection = True
                     return
@@ -227,8 +240,12 @@ def test_download_good_file_is_cached_and_reused(server, tmp_path, jsb):
     second = load_jsb(url=url, cache_dir=tmp_path)
     assert server.hits["/good.json"] == before + 1  # served from the cache
     for split in jsb:
-        assert all(torch.equal(a, b) for a, b in zip(first[split], second[split], strict=True))
-        assert all(torch.equal(a, b) for a, b in zip(first[split], jsb[split], strict=True))
+        assert all(
+            torch.equal(a, b) for a, b in zip(first[split], second[split], strict=True)
+        )
+        assert all(
+            torch.equal(a, b) for a, b in zip(first[split], jsb[split], strict=True)
+        )
 
 
 def test_download_uses_cache_dir_from_environment(server, tmp_path, monkeypatch):
@@ -266,7 +283,9 @@ def test_corrupt_download_raises_and_leaves_nothing(server, tmp_path, jsb_bytes)
 
 
 def test_truncated_download_raises_and_leaves_nothing(server, tmp_path, jsb_bytes):
-    with pytest.raises(DownloadError, match=rf"truncated: received \d+ of {len(jsb_bytes)} bytes"):
+    with pytest.raises(
+        DownloadError, match=rf"truncated: received \d+ of {len(jsb_bytes)} bytes"
+    ):
         load_jsb(url=f"{server.url}/truncated.json", cache_dir=tmp_path)
     assert _files_in(tmp_path) == []
 
@@ -287,7 +306,9 @@ def test_no_server_raises_with_offline_advice(tmp_path):
     with socket.socket() as sock:  # a port that nobody listens on once closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(DownloadError, match=r"could not download .*DMM_JSB_PATH.*load_bach_chorales"):
+    with pytest.raises(
+        DownloadError, match=r"could not download .*DMM_JSB_PATH.*load_bach_chorales"
+    ):
         load_jsb(url=f"http://127.0.0.1:{port}/jsb.json", cache_dir=tmp_path)
     assert _files_in(tmp_path) == []
 
@@ -299,7 +320,9 @@ def test_no_server_raises_with_offline_advice(tmp_path):
         (ConnectionResetError, DownloadError, "broke off: ConnectionResetError"),
     ],
 )
-def test_interrupted_download_leaves_nothing(monkeypatch, tmp_path, jsb_bytes, failure, expected, pattern):
+def test_interrupted_download_leaves_nothing(
+    monkeypatch, tmp_path, jsb_bytes, failure, expected, pattern
+):
     class Interrupted:
         headers = {"Content-Length": str(len(jsb_bytes))}
         calls = 0
@@ -316,7 +339,9 @@ def test_interrupted_download_leaves_nothing(monkeypatch, tmp_path, jsb_bytes, f
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(dmm_data.urllib.request, "urlopen", lambda url, timeout: Interrupted())
+    monkeypatch.setattr(
+        dmm_data.urllib.request, "urlopen", lambda url, timeout: Interrupted()
+    )
     with pytest.raises(expected, match=pattern):
         load_jsb(url="http://example.invalid/jsb.json", cache_dir=tmp_path)
     assert Interrupted.calls == 3  # it did write a partial file before the interrupt
@@ -353,24 +378,60 @@ def _bad_valid_step(value):
 @pytest.mark.parametrize(
     ("data", "error", "pattern"),
     [
-        (_bad_valid_step(20), ValueError,
-         r"split 'valid', sequence 1, time step 2: note 20 is outside the piano range 21\.\.108"),
-        (_bad_valid_step(109), ValueError, r"sequence 1, time step 2: note 109 is outside"),
-        (_bad_valid_step(60.5), TypeError,
-         r"split 'valid', sequence 1, time step 2: note 60\.5 is not an integer"),
-        (_bad_valid_step(60.0), TypeError, r"time step 2: note 60\.0 is not an integer"),
-        (_bad_valid_step(True), TypeError, r"time step 2: note True is not an integer .*bool"),
-        (_bad_valid_step("60"), TypeError, r"time step 2: note '60' is not an integer .*str"),
+        (
+            _bad_valid_step(20),
+            ValueError,
+            r"split 'valid', sequence 1, time step 2: note 20 is outside the piano range 21\.\.108",
+        ),
+        (
+            _bad_valid_step(109),
+            ValueError,
+            r"sequence 1, time step 2: note 109 is outside",
+        ),
+        (
+            _bad_valid_step(60.5),
+            TypeError,
+            r"split 'valid', sequence 1, time step 2: note 60\.5 is not an integer",
+        ),
+        (
+            _bad_valid_step(60.0),
+            TypeError,
+            r"time step 2: note 60\.0 is not an integer",
+        ),
+        (
+            _bad_valid_step(True),
+            TypeError,
+            r"time step 2: note True is not an integer .*bool",
+        ),
+        (
+            _bad_valid_step("60"),
+            TypeError,
+            r"time step 2: note '60' is not an integer .*str",
+        ),
         (_splits(test=[[[60]], []]), ValueError, r"split 'test', sequence 1 is empty"),
         ({"train": [[[60]]], "valid": []}, ValueError, r"missing split 'test'"),
         ({**_splits(), "extra": []}, ValueError, r"unexpected keys \['extra'\]"),
-        ([[[60]]], TypeError, r"expected a JSON object with keys train, valid, test; got list"),
-        (_splits(valid={"a": 1}), TypeError, r"split 'valid' must be a list of sequences, got dict"),
+        (
+            [[[60]]],
+            TypeError,
+            r"expected a JSON object with keys train, valid, test; got list",
+        ),
+        (
+            _splits(valid={"a": 1}),
+            TypeError,
+            r"split 'valid' must be a list of sequences, got dict",
+        ),
         (_splits(train=[]), ValueError, r"split 'train' holds no sequences"),
-        (_splits(train=[[60, 62]]), TypeError,
-         r"split 'train', sequence 0, time step 0 must be a list of MIDI notes, got int"),
-        (_splits(train=["abc"]), TypeError,
-         r"split 'train', sequence 0 must be a list of time steps, got str"),
+        (
+            _splits(train=[[60, 62]]),
+            TypeError,
+            r"split 'train', sequence 0, time step 0 must be a list of MIDI notes, got int",
+        ),
+        (
+            _splits(train=["abc"]),
+            TypeError,
+            r"split 'train', sequence 0 must be a list of time steps, got str",
+        ),
     ],
 )
 def test_bad_notes_are_named(data, error, pattern, tmp_path):
@@ -394,7 +455,9 @@ def test_load_sequences_json_round_trip(tmp_path):
     loaded = load_sequences(path)
     direct = rolls_from_notes(_splits())
     for split in direct:
-        assert all(torch.equal(a, b) for a, b in zip(loaded[split], direct[split], strict=True))
+        assert all(
+            torch.equal(a, b) for a, b in zip(loaded[split], direct[split], strict=True)
+        )
 
 
 def test_load_sequences_invalid_json(tmp_path):
@@ -405,7 +468,9 @@ def test_load_sequences_invalid_json(tmp_path):
 
 
 def test_load_sequences_missing_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no JSON file or folder of music files at .*nothing"):
+    with pytest.raises(
+        FileNotFoundError, match="no JSON file or folder of music files at .*nothing"
+    ):
         load_sequences(tmp_path / "nothing")
 
 
@@ -499,7 +564,9 @@ def test_load_sequences_midi_outside_piano_range(tmp_path):
         load_sequences(tmp_path)
 
 
-def test_bach_chorales_small_limit_valid_deterministic_and_cached(tmp_path, monkeypatch):
+def test_bach_chorales_small_limit_valid_deterministic_and_cached(
+    tmp_path, monkeypatch
+):
     first = load_bach_chorales(cache_dir=tmp_path / "a", limit=10)
     # Positions 0-7 train, 8 valid, 9 test; a piece that failed to parse would shrink one.
     assert [len(first[s]) for s in ("train", "valid", "test")] == [8, 1, 1]
@@ -514,7 +581,9 @@ def test_bach_chorales_small_limit_valid_deterministic_and_cached(tmp_path, monk
     # A second build elsewhere gives the same rolls in the same splits.
     again = load_bach_chorales(cache_dir=tmp_path / "b", limit=10)
     for split in first:
-        assert all(torch.equal(a, b) for a, b in zip(first[split], again[split], strict=True))
+        assert all(
+            torch.equal(a, b) for a, b in zip(first[split], again[split], strict=True)
+        )
 
     # The cache is read without touching the corpus.
     import music21.corpus
@@ -526,13 +595,18 @@ def test_bach_chorales_small_limit_valid_deterministic_and_cached(tmp_path, monk
         patched.setattr(music21.corpus, "parse", refuse)
         from_cache = load_bach_chorales(cache_dir=tmp_path / "a", limit=10)
     for split in first:
-        assert all(torch.equal(a, b) for a, b in zip(first[split], from_cache[split], strict=True))
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(first[split], from_cache[split], strict=True)
+        )
 
     # A damaged cache file is rebuilt, not trusted.
     cached[0].write_text('{"train": [[]], "valid": [], "test": []}')
     rebuilt = load_bach_chorales(cache_dir=tmp_path / "a", limit=10)
     for split in first:
-        assert all(torch.equal(a, b) for a, b in zip(first[split], rebuilt[split], strict=True))
+        assert all(
+            torch.equal(a, b) for a, b in zip(first[split], rebuilt[split], strict=True)
+        )
     assert json.loads(cached[0].read_text())["train"][0]  # replaced by the good data
 
 
@@ -582,16 +656,32 @@ def test_make_batch_dtype_and_device_follow():
     ("sequences", "error", "pattern"),
     [
         ([], ValueError, "at least one sequence; got an empty list"),
-        ([torch.zeros(3, 88), torch.zeros(88)], ValueError,
-         r"sequence 1 has shape \(88,\); expected a 2-D \(time, 88\) roll"),
+        (
+            [torch.zeros(3, 88), torch.zeros(88)],
+            ValueError,
+            r"sequence 1 has shape \(88,\); expected a 2-D \(time, 88\) roll",
+        ),
         ([torch.zeros(3, 87)], ValueError, "sequence 0 has 87 columns; expected 88"),
-        ([torch.zeros(3, 88), torch.zeros(2, 89)], ValueError, "sequence 1 has 89 columns"),
-        ([torch.zeros(3, 88), torch.zeros(0, 88)], ValueError,
-         r"sequence 1 is empty \(0 time steps\)"),
-        ([torch.zeros(3, 88), torch.zeros(3, 88, dtype=torch.float64)], TypeError,
-         "mixed dtypes: sequence 0 is torch.float32 but sequence 1 is torch.float64"),
-        ([torch.zeros(3, 88, dtype=torch.long)], TypeError,
-         "sequence 0 has dtype torch.int64; expected a floating dtype"),
+        (
+            [torch.zeros(3, 88), torch.zeros(2, 89)],
+            ValueError,
+            "sequence 1 has 89 columns",
+        ),
+        (
+            [torch.zeros(3, 88), torch.zeros(0, 88)],
+            ValueError,
+            r"sequence 1 is empty \(0 time steps\)",
+        ),
+        (
+            [torch.zeros(3, 88), torch.zeros(3, 88, dtype=torch.float64)],
+            TypeError,
+            "mixed dtypes: sequence 0 is torch.float32 but sequence 1 is torch.float64",
+        ),
+        (
+            [torch.zeros(3, 88, dtype=torch.long)],
+            TypeError,
+            "sequence 0 has dtype torch.int64; expected a floating dtype",
+        ),
         ([[[0.0] * 88]], TypeError, "sequence 0 is a list, expected a torch.Tensor"),
         (torch.zeros(2, 3, 88), TypeError, "not a single tensor"),
     ],
@@ -608,10 +698,14 @@ def test_make_batch_bad_input(sequences, error, pattern):
     trailing=st.sampled_from([(), (1,), (3,), (2, 2)]),
     seed=st.integers(0, 2**16),
 )
-def test_reverse_sequences_is_an_involution_matching_flip(lengths, extra, trailing, seed):
+def test_reverse_sequences_is_an_involution_matching_flip(
+    lengths, extra, trailing, seed
+):
     t_max = max(lengths) + extra
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn((len(lengths), t_max, *trailing), generator=generator)  # padding not zero
+    x = torch.randn(
+        (len(lengths), t_max, *trailing), generator=generator
+    )  # padding not zero
     lengths_t = torch.tensor(lengths)
     reversed_x = reverse_sequences(x, lengths_t)
     assert reversed_x.shape == x.shape
@@ -636,11 +730,26 @@ def test_make_batch_agrees_with_flips_for_random_lengths(lengths):
 @pytest.mark.parametrize(
     ("x", "lengths", "error", "pattern"),
     [
-        (torch.zeros(2, 4), torch.tensor([5, 1]), ValueError, r"lengths must lie in 0\.\.4"),
+        (
+            torch.zeros(2, 4),
+            torch.tensor([5, 1]),
+            ValueError,
+            r"lengths must lie in 0\.\.4",
+        ),
         (torch.zeros(2, 4), torch.tensor([-1, 1]), ValueError, r"got min -1"),
-        (torch.zeros(2, 4), torch.tensor([1, 2, 3]), ValueError, r"lengths must have shape \(2,\)"),
+        (
+            torch.zeros(2, 4),
+            torch.tensor([1, 2, 3]),
+            ValueError,
+            r"lengths must have shape \(2,\)",
+        ),
         (torch.zeros(2, 4), torch.tensor([1.0, 2.0]), TypeError, "integer tensor"),
-        (torch.zeros(4), torch.tensor([1]), ValueError, r"shape \(batch, time, \.\.\.\)"),
+        (
+            torch.zeros(4),
+            torch.tensor([1]),
+            ValueError,
+            r"shape \(batch, time, \.\.\.\)",
+        ),
         ([[0.0]], torch.tensor([1]), TypeError, "expects tensors"),
     ],
 )
@@ -671,14 +780,22 @@ def test_minibatches_cover_every_sequence_once():
 def test_minibatches_reproducible_by_seed_and_leave_global_rng_alone():
     sequences = _tagged_rolls(30)
     state = torch.get_rng_state()
-    assert _epoch(sequences, batch_size=4, seed=7) == _epoch(sequences, batch_size=4, seed=7)
-    assert _epoch(sequences, batch_size=4, seed=7) != _epoch(sequences, batch_size=4, seed=8)
+    assert _epoch(sequences, batch_size=4, seed=7) == _epoch(
+        sequences, batch_size=4, seed=7
+    )
+    assert _epoch(sequences, batch_size=4, seed=7) != _epoch(
+        sequences, batch_size=4, seed=8
+    )
     assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_minibatches_without_shuffle_and_drop_last():
     sequences = _tagged_rolls(7)
-    assert _epoch(sequences, batch_size=3, seed=0, shuffle=False) == [[1, 2, 3], [4, 5, 6], [7]]
+    assert _epoch(sequences, batch_size=3, seed=0, shuffle=False) == [
+        [1, 2, 3],
+        [4, 5, 6],
+        [7],
+    ]
     dropped = _epoch(sequences, batch_size=3, seed=0, drop_last=True)
     assert [len(b) for b in dropped] == [3, 3]
     assert len(set(sum(dropped, []))) == 6

@@ -13,6 +13,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from dmm_fixtures import random_batch, small_dmm
 from pyro import poutine
 from pyro.infer import JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
@@ -20,8 +21,6 @@ from torch import nn
 
 from dmm_helpers.data import Batch, make_batch
 from dmm_helpers.dmm import DMM, DMMConfig, LinearGaussianDMM
-from dmm_fixtures import random_batch, small_dmm
-
 
 
 def sample_sites(trace: poutine.Trace) -> list[str]:
@@ -31,8 +30,6 @@ def sample_sites(trace: poutine.Trace) -> list[str]:
         for name, site in trace.nodes.items()
         if site["type"] == "sample" and not site_is_subsample(site)
     ]
-
-
 
 
 @pytest.fixture(autouse=True)
@@ -61,11 +58,15 @@ def test_config_defaults_are_the_papers_sizes() -> None:
 def test_config_round_trips_through_json() -> None:
     config = DMMConfig(z_dim=4, rnn_layers=2, rnn_dropout=0.25, num_iafs=2)
     assert DMMConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    assert DMMConfig.from_dict({"z_dim": 4}) == DMMConfig(z_dim=4)  # missing keys: defaults
+    assert DMMConfig.from_dict({"z_dim": 4}) == DMMConfig(
+        z_dim=4
+    )  # missing keys: defaults
 
 
 def test_config_from_dict_names_unknown_keys() -> None:
-    with pytest.raises(ValueError, match=r"unknown DMMConfig keys \['hidden', 'zdim'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown DMMConfig keys \['hidden', 'zdim'\]"
+    ):
         DMMConfig.from_dict({"zdim": 3, "hidden": 2})
 
 
@@ -76,7 +77,11 @@ def test_config_from_dict_names_unknown_keys() -> None:
         ({"num_iafs": -1}, ValueError, "num_iafs must be >= 0, got -1"),
         ({"rnn_dim": 2.5}, TypeError, "rnn_dim must be an int, got 2.5"),
         ({"input_dim": True}, TypeError, "input_dim must be an int, got True"),
-        ({"rnn_dropout": 1.0, "rnn_layers": 2}, ValueError, r"rnn_dropout must lie in \[0, 1\)"),
+        (
+            {"rnn_dropout": 1.0, "rnn_layers": 2},
+            ValueError,
+            r"rnn_dropout must lie in \[0, 1\)",
+        ),
         ({"rnn_dropout": 0.1}, ValueError, "needs rnn_layers > 1"),
     ],
 )
@@ -88,12 +93,15 @@ def test_config_rejects_bad_values(changes: dict, error: type, message: str) -> 
 def test_dmm_sizes_follow_the_config() -> None:
     c = DMMConfig(input_dim=10, z_dim=3, emission_dim=5, transition_dim=6, rnn_dim=7)
     dmm = DMM(c)
-    emitter = (c.z_dim + 1) * c.emission_dim + (c.emission_dim + 1) * c.emission_dim + (
-        c.emission_dim + 1
-    ) * c.input_dim
-    transition = 2 * ((c.z_dim + 1) * c.transition_dim + (c.transition_dim + 1) * c.z_dim) + 2 * (
-        c.z_dim + 1
-    ) * c.z_dim
+    emitter = (
+        (c.z_dim + 1) * c.emission_dim
+        + (c.emission_dim + 1) * c.emission_dim
+        + (c.emission_dim + 1) * c.input_dim
+    )
+    transition = (
+        2 * ((c.z_dim + 1) * c.transition_dim + (c.transition_dim + 1) * c.z_dim)
+        + 2 * (c.z_dim + 1) * c.z_dim
+    )
     combiner = (c.z_dim + 1) * c.rnn_dim + (c.rnn_dim + 1) * 2 * c.z_dim
     rnn = (c.input_dim + 1) * c.rnn_dim + c.rnn_dim * c.rnn_dim + c.rnn_dim
     starts = 2 * c.z_dim
@@ -123,7 +131,9 @@ def test_model_sites_shapes_masks_and_scales() -> None:
     dmm = small_dmm()
     batch = random_batch([4, 2, 3])
     trace = poutine.trace(dmm.model).get_trace(batch, 0.25)
-    assert sample_sites(trace) == [f"{kind}_{t}" for t in range(1, 5) for kind in ("z", "x")]
+    assert sample_sites(trace) == [
+        f"{kind}_{t}" for t in range(1, 5) for kind in ("z", "x")
+    ]
     for t in range(4):
         z_site, x_site = trace.nodes[f"z_{t + 1}"], trace.nodes[f"x_{t + 1}"]
         assert z_site["fn"].batch_shape == (3,) and z_site["fn"].event_shape == (3,)
@@ -149,7 +159,11 @@ def test_model_log_joint_equals_the_hand_computed_density() -> None:
                 loc, scale = dmm.transition(z_prev)
                 expected += torch.distributions.Normal(loc, scale).log_prob(z_t).sum()
                 probs = torch.sigmoid(dmm.emitter(z_t))
-                expected += torch.distributions.Bernoulli(probs=probs).log_prob(batch.x[b, t]).sum()
+                expected += (
+                    torch.distributions.Bernoulli(probs=probs)
+                    .log_prob(batch.x[b, t])
+                    .sum()
+                )
                 z_prev = z_t
         assert torch.allclose(trace.log_prob_sum(), expected, rtol=1e-10)
 
@@ -164,7 +178,9 @@ def test_model_with_everything_masked_but_one_sequence_scores_that_sequence() ->
     guide_trace = poutine.trace(dmm.guide).get_trace(batch)
     both = poutine.trace(poutine.replay(dmm.model, trace=guide_trace)).get_trace(batch)
     # The same z values for sequence 1, run on its own.
-    values = {f"z_{t + 1}": guide_trace.nodes[f"z_{t + 1}"]["value"][1:2] for t in range(2)}
+    values = {
+        f"z_{t + 1}": guide_trace.nodes[f"z_{t + 1}"]["value"][1:2] for t in range(2)
+    }
     single = poutine.trace(poutine.condition(dmm.model, data=values)).get_trace(alone)
     per_sequence = {
         name: both.nodes[name]["fn"].log_prob(both.nodes[name]["value"])
@@ -172,7 +188,9 @@ def test_model_with_everything_masked_but_one_sequence_scores_that_sequence() ->
     }
     for name in sample_sites(single):
         site = single.nodes[name]
-        assert torch.allclose(site["fn"].log_prob(site["value"]), per_sequence[name][1:2])
+        assert torch.allclose(
+            site["fn"].log_prob(site["value"]), per_sequence[name][1:2]
+        )
     for t in (3, 4):  # sequence 1 has ended: its steps 3 and 4 count for nothing
         assert per_sequence[f"z_{t}"][1] == 0 and per_sequence[f"x_{t}"][1] == 0
 
@@ -236,7 +254,9 @@ def test_encode_of_a_padded_batch_equals_each_sequence_alone() -> None:
 def test_pyro_loss_gradients_reach_every_parameter(num_iafs: int) -> None:
     dmm = small_dmm(num_iafs)
     batch = random_batch([4, 2, 3])
-    loss = Trace_ELBO(max_plate_nesting=1).differentiable_loss(dmm.model, dmm.guide, batch)
+    loss = Trace_ELBO(max_plate_nesting=1).differentiable_loss(
+        dmm.model, dmm.guide, batch
+    )
     loss.backward()
     for name, parameter in dmm.named_parameters():
         assert parameter.grad is not None, name
@@ -255,7 +275,9 @@ def test_iaf_guide_gives_a_finite_elbo(num_iafs: int) -> None:
 def test_batch_of_the_wrong_feature_size_is_refused() -> None:
     dmm = small_dmm()
     batch = random_batch([3, 2])
-    narrow = Batch(batch.x[..., :12], batch.x_reversed[..., :12], batch.mask, batch.lengths)
+    narrow = Batch(
+        batch.x[..., :12], batch.x_reversed[..., :12], batch.mask, batch.lengths
+    )
     message = re.escape(
         "batch has feature size 12 per time step, but this model expects input_dim=88"
     )
@@ -267,18 +289,24 @@ def test_batch_of_the_wrong_feature_size_is_refused() -> None:
 def test_bad_batches_are_refused_with_a_clear_message() -> None:
     dmm = small_dmm()
     batch = random_batch([3, 2])
-    with pytest.raises(TypeError, match="expected a dmm_helpers.data.Batch .* got Tensor"):
+    with pytest.raises(
+        TypeError, match="expected a dmm_helpers.data.Batch .* got Tensor"
+    ):
         dmm.model(batch.x)
     message = r"batch.x must have shape \(batch, time, 88\); got \(3, 88\)"
     with pytest.raises(ValueError, match=message):
         dmm.model(batch._replace(x=batch.x[0]))
     with pytest.raises(ValueError, match="inconsistent batch"):
         dmm.model(batch._replace(mask=batch.mask[:, :1]))
-    with pytest.raises(ValueError, match=r"batch.lengths must lie in 1..3 .* got min 3, max 4"):
+    with pytest.raises(
+        ValueError, match=r"batch.lengths must lie in 1..3 .* got min 3, max 4"
+    ):
         dmm.model(batch._replace(lengths=batch.lengths + 1))
     with pytest.raises(ValueError, match="batch.mask disagrees with batch.lengths"):
         dmm.guide(batch._replace(mask=torch.ones_like(batch.mask)))
-    with pytest.raises(TypeError, match="batch is torch.float32 on cpu but the model's parameters"):
+    with pytest.raises(
+        TypeError, match="batch is torch.float32 on cpu but the model's parameters"
+    ):
         dmm.guide(random_batch([3, 2], dtype=torch.float32))
 
 
@@ -306,7 +334,9 @@ def test_generate_draws_binary_rolls_from_the_prior() -> None:
 def test_generate_follows_the_transition() -> None:
     dmm = small_dmm()
     with torch.no_grad():
-        dmm.transition.proposal_to_scale.bias.fill_(-50.0)  # scale ~ 1e-22: deterministic
+        dmm.transition.proposal_to_scale.bias.fill_(
+            -50.0
+        )  # scale ~ 1e-22: deterministic
     _, z = dmm.generate(num_sequences=1, num_steps=3)
     z_prev = dmm.z_0
     for t in range(3):
@@ -336,8 +366,11 @@ def test_linear_gaussian_dmm_is_the_lgssm_it_reports() -> None:
     dmm = linear_gaussian_dmm()
     params = dmm.lgssm_params()
     A, C = params["A"], params["C"]
-    assert torch.equal(params["mu0"], A @ torch.tensor([1.0, -1.0], dtype=torch.float64))
+    assert torch.equal(
+        params["mu0"], A @ torch.tensor([1.0, -1.0], dtype=torch.float64)
+    )
     assert torch.equal(params["P0"], params["Q"])
+
     def diag(*values: float) -> torch.Tensor:
         return torch.diag(torch.tensor(values, dtype=torch.float64))
 
@@ -357,7 +390,9 @@ def test_linear_gaussian_dmm_learns_only_its_guide() -> None:
     assert dmm.z_q_0.dtype == torch.float64  # the module took A's dtype
     trainable = {name.split(".")[0] for name, _ in dmm.named_parameters()}
     assert trainable == {"combiner", "rnn", "z_q_0"}
-    assert {"z_0", "transition.matrix", "emitter.matrix"} <= {n for n, _ in dmm.named_buffers()}
+    assert {"z_0", "transition.matrix", "emitter.matrix"} <= {
+        n for n, _ in dmm.named_buffers()
+    }
 
 
 @pytest.mark.parametrize(
@@ -370,7 +405,9 @@ def test_linear_gaussian_dmm_learns_only_its_guide() -> None:
         ("r_scale", r"r_scale must be a tensor of shape \(3,\); got \(2,\)"),
     ],
 )
-def test_linear_gaussian_dmm_rejects_mismatched_shapes(which: str, message: str) -> None:
+def test_linear_gaussian_dmm_rejects_mismatched_shapes(
+    which: str, message: str
+) -> None:
     arguments = {
         "A": torch.eye(2),
         "C": torch.ones(3, 2),

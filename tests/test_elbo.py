@@ -17,19 +17,17 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from dmm_fixtures import SMALL, random_batch, small_dmm
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from dmm_helpers import lgssm
 from dmm_helpers.data import Batch, make_batch, reverse_sequences
 from dmm_helpers.dmm import DMM, LinearGaussianDMM
-from dmm_fixtures import SMALL, random_batch, small_dmm
 from dmm_helpers.elbo import elbo, elbo_terms, gaussian_kl
 
 RTOL = 1e-9  # float64; the acceptance criterion is 1e-4
 close = partial(torch.allclose, rtol=RTOL, atol=0.0)
-
-
 
 
 def recorded_noise(guide_trace: poutine.Trace, num_steps: int) -> torch.Tensor:
@@ -39,7 +37,9 @@ def recorded_noise(guide_trace: poutine.Trace, num_steps: int) -> torch.Tensor:
         site = guide_trace.nodes[f"z_{t + 1}"]
         q_t, z_t = site["fn"].base_dist, site["value"]  # unmasked q(z_t | ...)
         if isinstance(q_t, dist.TransformedDistribution):
-            for transform in reversed(q_t.transforms):  # each step's own transforms: cached
+            for transform in reversed(
+                q_t.transforms
+            ):  # each step's own transforms: cached
                 z_t = transform.inv(z_t)
             q_t = q_t.base_dist
         normal = q_t.base_dist  # Independent(Normal) -> Normal
@@ -84,10 +84,13 @@ def test_gaussian_kl_equals_torch_kl_divergence() -> None:
     loc_q, loc_p = torch.randn(2, 4, 5, 6, dtype=torch.float64)
     scale_q, scale_p = torch.rand(2, 4, 5, 6, dtype=torch.float64) + 0.1
     expected = torch.distributions.kl_divergence(
-        torch.distributions.Normal(loc_q, scale_q), torch.distributions.Normal(loc_p, scale_p)
+        torch.distributions.Normal(loc_q, scale_q),
+        torch.distributions.Normal(loc_p, scale_p),
     ).sum(-1)
     assert gaussian_kl(loc_q, scale_q, loc_p, scale_p).shape == (4, 5)
-    assert torch.allclose(gaussian_kl(loc_q, scale_q, loc_p, scale_p), expected, rtol=1e-12)
+    assert torch.allclose(
+        gaussian_kl(loc_q, scale_q, loc_p, scale_p), expected, rtol=1e-12
+    )
     zero = gaussian_kl(loc_q, scale_q, loc_q, scale_q)
     assert torch.equal(zero, torch.zeros(4, 5, dtype=torch.float64))
 
@@ -95,7 +98,9 @@ def test_gaussian_kl_equals_torch_kl_divergence() -> None:
 # ------------------------------------------------------- equal to Pyro's
 
 
-@pytest.mark.parametrize("lengths", [[4, 4, 4], [4, 2, 3, 1]], ids=["no-padding", "padded"])
+@pytest.mark.parametrize(
+    "lengths", [[4, 4, 4], [4, 2, 3, 1]], ids=["no-padding", "padded"]
+)
 @pytest.mark.parametrize("annealing_factor", [1.0, 0.3])
 @pytest.mark.parametrize(
     ("objective", "kl"),
@@ -146,7 +151,9 @@ def test_sample_equals_the_guides() -> None:
     terms = elbo_terms(dmm, batch, noise=recorded_noise(guide_trace, 4))
     for b, length in enumerate(batch.lengths.tolist()):
         for t in range(length):
-            assert torch.allclose(terms.z[b, t], guide_trace.nodes[f"z_{t + 1}"]["value"][b])
+            assert torch.allclose(
+                terms.z[b, t], guide_trace.nodes[f"z_{t + 1}"]["value"][b]
+            )
         assert torch.equal(terms.z[b, length:], torch.zeros_like(terms.z[b, length:]))
 
 
@@ -177,7 +184,9 @@ def test_what_lies_in_the_padding_changes_nothing() -> None:
     noise = torch.randn(3, 5, SMALL.z_dim, dtype=torch.float64)
     padding = batch.mask == 0  # (batch, time)
     garbage_x = batch.x.masked_fill(padding[..., None], 1.0)
-    garbage = batch._replace(x=garbage_x, x_reversed=reverse_sequences(garbage_x, batch.lengths))
+    garbage = batch._replace(
+        x=garbage_x, x_reversed=reverse_sequences(garbage_x, batch.lengths)
+    )
     garbage_noise = noise.masked_fill(padding[..., None], 1e3)
     assert torch.equal(
         elbo(dmm, batch, noise=noise), elbo(dmm, garbage, noise=garbage_noise)
@@ -227,7 +236,10 @@ def linear_gaussian_setting() -> tuple[LinearGaussianDMM, Batch, torch.Tensor]:
     )
     params = dmm.lgssm_params()
     draws = lgssm.sample(
-        **params, num_steps=12, num_sequences=3, generator=torch.Generator().manual_seed(1)
+        **params,
+        num_steps=12,
+        num_sequences=3,
+        generator=torch.Generator().manual_seed(1),
     )
     batch = continuous_batch(draws.x, torch.tensor([12, 7, 9]))
     log_p = lgssm.log_likelihood(batch.x, **params, mask=batch.mask)  # (3,) Kalman
@@ -249,7 +261,9 @@ def monte_carlo(
     )
 
 
-def test_elbo_is_below_the_exact_log_likelihood_and_closes_in_as_the_guide_learns() -> None:
+def test_elbo_is_below_the_exact_log_likelihood_and_closes_in_as_the_guide_learns() -> (
+    None
+):
     dmm, batch, log_p = linear_gaussian_setting()
     mean_before, se_before, _ = monte_carlo(dmm, batch, copies=2000)
     assert bool((mean_before <= log_p + 3 * se_before).all())
@@ -305,10 +319,16 @@ def test_fast_elbo_trains_with_a_torch_optimiser() -> None:
 def test_bad_arguments_are_refused_with_a_clear_message() -> None:
     dmm = small_dmm()
     batch = random_batch([3, 2])
-    narrow = Batch(batch.x[..., :12], batch.x_reversed[..., :12], batch.mask, batch.lengths)
-    with pytest.raises(ValueError, match="batch has feature size 12 .* expects input_dim=88"):
+    narrow = Batch(
+        batch.x[..., :12], batch.x_reversed[..., :12], batch.mask, batch.lengths
+    )
+    with pytest.raises(
+        ValueError, match="batch has feature size 12 .* expects input_dim=88"
+    ):
         elbo(dmm, narrow)
-    with pytest.raises(ValueError, match='kl must be "analytic" or "sampled", got \'exact\''):
+    with pytest.raises(
+        ValueError, match='kl must be "analytic" or "sampled", got \'exact\''
+    ):
         elbo(dmm, batch, kl="exact")  # type: ignore[arg-type]
     message = r"noise must have shape .* = \(2, 3, 3\); got \(2, 3, 4\)"
     with pytest.raises(ValueError, match=message):
@@ -325,4 +345,8 @@ def test_fast_elbo_follows_the_models_dtype(dtype: torch.dtype) -> None:
     batch = make_batch([roll.to(dtype) for roll in random_batch([3, 2]).x])
     terms = elbo_terms(dmm, batch)
     assert terms.log_lik.dtype == terms.kl.dtype == terms.z.dtype == dtype
-    assert terms.log_lik.shape == terms.kl.shape == (2,) and terms.z.shape == (2, 3, SMALL.z_dim)
+    assert terms.log_lik.shape == terms.kl.shape == (2,) and terms.z.shape == (
+        2,
+        3,
+        SMALL.z_dim,
+    )

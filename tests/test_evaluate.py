@@ -67,13 +67,17 @@ def test_with_one_sample_the_nll_is_the_bound(model, sequences):
     assert torch.equal(result.log_likelihood, result.elbo)
     assert result.lengths.tolist() == [5, 3, 7, 1, 4]
     summary = evaluate(model, sequences, 1)
-    assert summary["nll_per_step"] == pytest.approx(summary["bound_per_step"], rel=1e-12)
+    assert summary["nll_per_step"] == pytest.approx(
+        summary["bound_per_step"], rel=1e-12
+    )
 
 
 def test_one_sample_is_the_sampled_kl_elbo_of_the_same_draw(model, sequences):
     """``log w`` is ``log p(x | z) - (log q(z | x) - log p(z))`` at the guide's draw."""
     torch.manual_seed(3)
-    result = importance_sampled_log_likelihood(model, sequences, 1, batch_size=len(sequences))
+    result = importance_sampled_log_likelihood(
+        model, sequences, 1, batch_size=len(sequences)
+    )
     torch.manual_seed(3)
     with torch.no_grad():
         model.eval()
@@ -83,7 +87,9 @@ def test_one_sample_is_the_sampled_kl_elbo_of_the_same_draw(model, sequences):
 
 def test_log_mean_exp_is_never_below_the_mean_of_the_same_weights(model, sequences):
     torch.manual_seed(4)
-    result = importance_sampled_log_likelihood(model, sequences, 20, chunk_size=7, batch_size=2)
+    result = importance_sampled_log_likelihood(
+        model, sequences, 20, chunk_size=7, batch_size=2
+    )
     assert (result.log_likelihood >= result.elbo).all()
     assert (result.log_likelihood > result.elbo + 1e-3).all()  # the weights do vary
     summary = evaluate(model, sequences, 20, chunk_size=7)
@@ -99,11 +105,15 @@ def test_the_nll_is_below_the_analytic_bound_on_average(model, sequences):
     assert nll < float(bounds.mean()) - NUM_STANDARD_ERRORS * standard_error
 
 
-def test_the_model_is_evaluated_in_eval_mode_and_its_mode_restored(model, sequences, monkeypatch):
+def test_the_model_is_evaluated_in_eval_mode_and_its_mode_restored(
+    model, sequences, monkeypatch
+):
     seen = []
     real = evaluate_module.elbo_terms
     monkeypatch.setattr(
-        evaluate_module, "elbo_terms", lambda m, b, **k: seen.append(m.training) or real(m, b, **k)
+        evaluate_module,
+        "elbo_terms",
+        lambda m, b, **k: seen.append(m.training) or real(m, b, **k),
     )
     model.train()
     importance_sampled_log_likelihood(model, sequences, 3)
@@ -113,12 +123,28 @@ def test_the_model_is_evaluated_in_eval_mode_and_its_mode_restored(model, sequen
 def test_summary_counts_sequences_time_steps_and_samples(model, sequences):
     torch.manual_seed(6)
     summary = evaluate(model, sequences, 4, chunk_size=3, batch_size=2)
-    assert summary.keys() == {"bound_per_step", "nll_per_step", "sequences", "time_steps", "samples"}
-    assert (summary["sequences"], summary["time_steps"], summary["samples"]) == (5, 20, 4)
+    assert summary.keys() == {
+        "bound_per_step",
+        "nll_per_step",
+        "sequences",
+        "time_steps",
+        "samples",
+    }
+    assert (summary["sequences"], summary["time_steps"], summary["samples"]) == (
+        5,
+        20,
+        4,
+    )
     torch.manual_seed(6)
-    result = importance_sampled_log_likelihood(model, sequences, 4, chunk_size=3, batch_size=2)
-    assert summary["bound_per_step"] == pytest.approx(-float(result.elbo.sum()) / 20, rel=1e-12)
-    assert summary["nll_per_step"] == pytest.approx(-float(result.log_likelihood.sum()) / 20, rel=1e-12)
+    result = importance_sampled_log_likelihood(
+        model, sequences, 4, chunk_size=3, batch_size=2
+    )
+    assert summary["bound_per_step"] == pytest.approx(
+        -float(result.elbo.sum()) / 20, rel=1e-12
+    )
+    assert summary["nll_per_step"] == pytest.approx(
+        -float(result.log_likelihood.sum()) / 20, rel=1e-12
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -138,11 +164,15 @@ def fixed_log_weights(monkeypatch) -> torch.Tensor:
     The values span 60 nats, so a log-sum-exp that is not stabilised overflows.
     """
     generator = torch.Generator().manual_seed(7)
-    table = -400.0 + 60.0 * torch.rand(6, NUM_SAMPLES, generator=generator, dtype=torch.float64)
+    table = -400.0 + 60.0 * torch.rand(
+        6, NUM_SAMPLES, generator=generator, dtype=torch.float64
+    )
     dealt = [0] * len(table)
 
     def deal(model, batch, kl="analytic", noise=None, h=None):
-        assert kl == "sampled"  # log w needs log q - log p at the draw, not the analytic KL
+        assert (
+            kl == "sampled"
+        )  # log w needs log q - log p at the draw, not the analytic KL
         log_w = []
         for tag in batch.x[:, 0].argmax(-1).tolist():
             log_w.append(table[tag, dealt[tag]])
@@ -155,25 +185,37 @@ def fixed_log_weights(monkeypatch) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("chunk_size", [4, 23])
-def test_the_reconstruction_term_is_averaged_over_the_same_draws(fixed_log_weights, monkeypatch, chunk_size):
+def test_the_reconstruction_term_is_averaged_over_the_same_draws(
+    fixed_log_weights, monkeypatch, chunk_size
+):
     # Each draw's log p(x | z) is the dealt value and its KL a quarter of it,
     # so log w = 0.75 * value: the two averages must come from the same draws.
     table = fixed_log_weights
     dealer = evaluate_module.elbo_terms
     monkeypatch.setattr(
-        evaluate_module, "elbo_terms", lambda *a, **k: (lambda t: t._replace(kl=0.25 * t.log_lik))(dealer(*a, **k))
+        evaluate_module,
+        "elbo_terms",
+        lambda *a, **k: (lambda t: t._replace(kl=0.25 * t.log_lik))(dealer(*a, **k)),
     )
     sequences = [torch.zeros(3, 88, dtype=torch.float64) for _ in range(6)]
     for tag, roll in enumerate(sequences):
         roll[0, tag] = 1.0
-    result = importance_sampled_log_likelihood(DMM(TINY).double(), sequences, NUM_SAMPLES, chunk_size=chunk_size)
-    assert result.reconstruction.tolist() == pytest.approx(table.mean(1).tolist(), rel=1e-13)
-    assert result.elbo.tolist() == pytest.approx((0.75 * table).mean(1).tolist(), rel=1e-13)
+    result = importance_sampled_log_likelihood(
+        DMM(TINY).double(), sequences, NUM_SAMPLES, chunk_size=chunk_size
+    )
+    assert result.reconstruction.tolist() == pytest.approx(
+        table.mean(1).tolist(), rel=1e-13
+    )
+    assert result.elbo.tolist() == pytest.approx(
+        (0.75 * table).mean(1).tolist(), rel=1e-13
+    )
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 22, 23, 100])
 @pytest.mark.parametrize("batch_size", [1, 4, 6])
-def test_chunks_and_batches_combine_to_one_log_mean_exp(fixed_log_weights, chunk_size, batch_size):
+def test_chunks_and_batches_combine_to_one_log_mean_exp(
+    fixed_log_weights, chunk_size, batch_size
+):
     table = fixed_log_weights
     sequences = [torch.zeros(2 + i % 3, 88, dtype=torch.float64) for i in range(6)]
     for tag, roll in enumerate(sequences):
@@ -186,18 +228,26 @@ def test_chunks_and_batches_combine_to_one_log_mean_exp(fixed_log_weights, chunk
     expected_ll = []
     for row in rows:  # log (1/K) sum_k exp(a_k), by hand, stabilised at the maximum
         top = max(row)
-        expected_ll.append(top + math.log(sum(math.exp(a - top) for a in row) / len(row)))
+        expected_ll.append(
+            top + math.log(sum(math.exp(a - top) for a in row) / len(row))
+        )
     expected_elbo = [sum(row) / len(row) for row in rows]
     assert result.log_likelihood.tolist() == pytest.approx(expected_ll, rel=1e-13)
     assert result.elbo.tolist() == pytest.approx(expected_elbo, rel=1e-13)
     assert result.lengths.tolist() == [2, 3, 4, 2, 3, 4]
 
 
-def test_the_same_draws_give_the_same_answer_whatever_the_chunk_size_above_k(model, sequences):
+def test_the_same_draws_give_the_same_answer_whatever_the_chunk_size_above_k(
+    model, sequences
+):
     answers = []
     for chunk_size in (10, 11, 1000):
         torch.manual_seed(8)
-        answers.append(importance_sampled_log_likelihood(model, sequences, 10, chunk_size=chunk_size))
+        answers.append(
+            importance_sampled_log_likelihood(
+                model, sequences, 10, chunk_size=chunk_size
+            )
+        )
     for other in answers[1:]:
         assert torch.equal(other.log_likelihood, answers[0].log_likelihood)
         assert torch.equal(other.elbo, answers[0].elbo)
@@ -208,7 +258,9 @@ def test_repeat_stacks_copies_along_the_batch(sequences):
     repeated = _repeat(batch, 4)
     assert repeated.x.shape == (12, *batch.x.shape[1:])
     for field, original in zip(repeated, batch):
-        assert torch.equal(field.view(4, *original.shape), original.expand(4, *original.shape))
+        assert torch.equal(
+            field.view(4, *original.shape), original.expand(4, *original.shape)
+        )
 
 
 @pytest.mark.parametrize(
@@ -258,7 +310,9 @@ def fitted_linear_gaussian_dmm() -> tuple[LinearGaussianDMM, list[torch.Tensor]]
     z_0 = torch.tensor([0.5, -0.5], dtype=dtype)
     torch.manual_seed(0)
     model = LinearGaussianDMM(A, C, q_scale, r_scale, z_0, rnn_dim=16)
-    draws = lgssm.sample(**model.lgssm_params(), num_steps=5, num_sequences=3, generator=generator)
+    draws = lgssm.sample(
+        **model.lgssm_params(), num_steps=5, num_sequences=3, generator=generator
+    )
     sequences = [draws.x[i, :length] for i, length in enumerate([3, 5, 4])]
 
     batch = _repeat(make_batch(sequences), 8)
@@ -277,7 +331,9 @@ def test_importance_sampling_recovers_the_exact_linear_gaussian_log_likelihood()
     model, sequences = fitted_linear_gaussian_dmm()
     batch = make_batch(sequences)
     with torch.no_grad():
-        exact = lgssm.log_likelihood(batch.x, **model.lgssm_params(), mask=batch.mask.bool())  # (3,)
+        exact = lgssm.log_likelihood(
+            batch.x, **model.lgssm_params(), mask=batch.mask.bool()
+        )  # (3,)
 
     # Independent runs, each a log-mean-exp of K weights; their spread is the
     # Monte Carlo error of one run. A chunk size that does not divide K and
@@ -285,14 +341,19 @@ def test_importance_sampling_recovers_the_exact_linear_gaussian_log_likelihood()
     torch.manual_seed(9)
     runs, num_samples = 8, 1000
     results = [
-        importance_sampled_log_likelihood(model, sequences, num_samples, chunk_size=300, batch_size=2)
+        importance_sampled_log_likelihood(
+            model, sequences, num_samples, chunk_size=300, batch_size=2
+        )
         for _ in range(runs)
     ]
     estimates = torch.stack([r.log_likelihood for r in results])  # (runs, 3)
     elbos = torch.stack([r.elbo for r in results])  # (runs, 3)
     standard_error = estimates.std(0) / math.sqrt(runs)
     error = estimates.mean(0) - exact
-    assert (error.abs() <= NUM_STANDARD_ERRORS * standard_error + MC_FLOOR).all(), (error, standard_error)
+    assert (error.abs() <= NUM_STANDARD_ERRORS * standard_error + MC_FLOOR).all(), (
+        error,
+        standard_error,
+    )
 
     # The ELBO is below log p(x) by the guide's gap, which importance sampling closes.
     gap = exact - elbos.mean(0)
@@ -310,7 +371,10 @@ def test_importance_sampling_recovers_the_exact_linear_gaussian_log_likelihood()
 
 def test_command_line_prints_one_json_object(tmp_path):
     def notes(rolls: list[torch.Tensor]) -> list[list[list[int]]]:
-        return [[[21 + key for key in step.nonzero().flatten().tolist()] for step in roll] for roll in rolls]
+        return [
+            [[21 + key for key in step.nonzero().flatten().tolist()] for step in roll]
+            for roll in rolls
+        ]
 
     data = {
         "train": notes(random_rolls([4, 6, 3, 5], seed=10)),
@@ -320,25 +384,70 @@ def test_command_line_prints_one_json_object(tmp_path):
     data_path = tmp_path / "tiny.json"
     data_path.write_text(json.dumps(data))
     out = tmp_path / "run"
-    train.main([
-        "--data", str(data_path), "--out", str(out), "--epochs", "1", "--eval-every", "1",
-        "--batch-size", "2", "--z-dim", "4", "--emission-dim", "8", "--transition-dim", "8",
-        "--rnn-dim", "16", "--device", "cpu", "--no-progress",
-    ])
+    train.main(
+        [
+            "--data",
+            str(data_path),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--eval-every",
+            "1",
+            "--batch-size",
+            "2",
+            "--z-dim",
+            "4",
+            "--emission-dim",
+            "8",
+            "--transition-dim",
+            "8",
+            "--rnn-dim",
+            "16",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     checkpoint = out / "best.pt"
-    arguments = ["--checkpoint", str(checkpoint), "--data", str(data_path), "--split", "valid",
-                 "--samples", "7", "--chunk-size", "3", "--seed", "11", "--device", "cpu"]
+    arguments = [
+        "--checkpoint",
+        str(checkpoint),
+        "--data",
+        str(data_path),
+        "--split",
+        "valid",
+        "--samples",
+        "7",
+        "--chunk-size",
+        "3",
+        "--seed",
+        "11",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "dmm_helpers.evaluate", *arguments],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     (line,) = result.stdout.strip().splitlines()
     printed = json.loads(line)
     assert printed.keys() == {
-        "checkpoint", "data", "split", "device", "seed",
-        "bound_per_step", "nll_per_step", "sequences", "time_steps", "samples",
+        "checkpoint",
+        "data",
+        "split",
+        "device",
+        "seed",
+        "bound_per_step",
+        "nll_per_step",
+        "sequences",
+        "time_steps",
+        "samples",
     }
     assert (printed["checkpoint"], printed["data"]) == (str(checkpoint), str(data_path))
     assert (printed["split"], printed["device"]) == ("valid", "cpu")
@@ -349,13 +458,17 @@ def test_command_line_prints_one_json_object(tmp_path):
     # The same numbers in process: same model, split, seed and chunks.
     torch.manual_seed(11)
     model = train.load_model(checkpoint)
-    expected = evaluate(model, train.load_data(str(data_path))["valid"], 7, chunk_size=3)
+    expected = evaluate(
+        model, train.load_data(str(data_path))["valid"], 7, chunk_size=3
+    )
     for key in ("bound_per_step", "nll_per_step"):
         assert printed[key] == pytest.approx(expected[key], rel=1e-6)
 
 
 def test_command_line_errors_name_the_problem(tmp_path):
     with pytest.raises(train.CheckpointError, match="no checkpoint at .*missing.pt"):
-        evaluate_module.main(["--checkpoint", str(tmp_path / "missing.pt"), "--device", "cpu"])
+        evaluate_module.main(
+            ["--checkpoint", str(tmp_path / "missing.pt"), "--device", "cpu"]
+        )
     with pytest.raises(SystemExit):
         evaluate_module.main(["--checkpoint", "x.pt", "--split", "training"])

@@ -22,17 +22,23 @@ from dmm_helpers.generate import Generated, continue_sequence, sample_prior
 TINY = DMMConfig(z_dim=4, emission_dim=8, transition_dim=8, rnn_dim=8)
 
 
-def _model(seed: int = 0, config: DMMConfig = TINY, dtype: torch.dtype = torch.float32) -> DMM:
+def _model(
+    seed: int = 0, config: DMMConfig = TINY, dtype: torch.dtype = torch.float32
+) -> DMM:
     torch.manual_seed(seed)
     model = DMM(config).to(dtype)
-    with torch.no_grad():  # a livelier emitter than the default initialisation: some notes likely
+    with (
+        torch.no_grad()
+    ):  # a livelier emitter than the default initialisation: some notes likely
         model.emitter.hidden_to_logits.bias.uniform_(-3.0, 1.0)
     return model.eval()
 
 
 def _prefix(steps: int = 6, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.bernoulli(torch.full((steps, 88), 0.08), generator=generator)  # (P, 88)
+    return torch.bernoulli(
+        torch.full((steps, 88), 0.08), generator=generator
+    )  # (P, 88)
 
 
 def _is_binary(x: torch.Tensor) -> bool:
@@ -79,7 +85,9 @@ def test_probabilities_are_the_tempered_emission_at_the_sampled_states():
 def test_temperature_scales_the_transition_noise_and_sharpens_the_notes(temperature):
     model = _model()
     sample = sample_prior(model, 4000, 4, seed=2, temperature=temperature)
-    z_prev = torch.cat([model.z_0.expand(4000, 1, -1), sample.z[:, :-1]], dim=1)  # (N, T, z_dim)
+    z_prev = torch.cat(
+        [model.z_0.expand(4000, 1, -1), sample.z[:, :-1]], dim=1
+    )  # (N, T, z_dim)
     with torch.no_grad():
         loc, scale = model.transition(z_prev)
     eps = (sample.z - loc) / scale  # standard normal times the temperature
@@ -121,12 +129,28 @@ def test_seeds_reproduce_and_leave_the_global_generator_alone():
 @pytest.mark.parametrize(
     ("kwargs", "error", "pattern"),
     [
-        ({"num_sequences": 0}, ValueError, "num_sequences must be a positive int, got 0"),
-        ({"num_sequences": True}, ValueError, "num_sequences must be a positive int, got True"),
+        (
+            {"num_sequences": 0},
+            ValueError,
+            "num_sequences must be a positive int, got 0",
+        ),
+        (
+            {"num_sequences": True},
+            ValueError,
+            "num_sequences must be a positive int, got True",
+        ),
         ({"length": 2.0}, ValueError, "length must be a positive int, got 2.0"),
         ({"length": -3}, ValueError, "length must be a positive int, got -3"),
-        ({"temperature": -0.1}, ValueError, "temperature must be a finite number >= 0, got -0.1"),
-        ({"temperature": float("nan")}, ValueError, "temperature must be a finite number >= 0"),
+        (
+            {"temperature": -0.1},
+            ValueError,
+            "temperature must be a finite number >= 0, got -0.1",
+        ),
+        (
+            {"temperature": float("nan")},
+            ValueError,
+            "temperature must be a finite number >= 0",
+        ),
         ({"temperature": "hot"}, TypeError, "temperature must be a number, got 'hot'"),
         ({"seed": "abc"}, TypeError, "seed must be an int or None, got 'abc'"),
         ({"seed": -1}, ValueError, r"seed must lie in 0 .. 2\*\*64 - 1, got -1"),
@@ -135,11 +159,18 @@ def test_seeds_reproduce_and_leave_the_global_generator_alone():
 def test_bad_prior_arguments(kwargs, error, pattern):
     arguments = {"num_sequences": 2, "length": 3, **kwargs}
     with pytest.raises(error, match=pattern):
-        sample_prior(_model(), arguments.pop("num_sequences"), arguments.pop("length"), **arguments)
+        sample_prior(
+            _model(),
+            arguments.pop("num_sequences"),
+            arguments.pop("length"),
+            **arguments,
+        )
 
 
 def test_models_that_cannot_make_piano_rolls_are_refused():
-    with pytest.raises(TypeError, match="model must be a dmm_helpers.dmm.DMM, got Linear"):
+    with pytest.raises(
+        TypeError, match="model must be a dmm_helpers.dmm.DMM, got Linear"
+    ):
         sample_prior(torch.nn.Linear(2, 2), 1, 1)
     gaussian = LinearGaussianDMM(
         torch.eye(2), torch.ones(3, 2), torch.ones(2), torch.ones(3), torch.zeros(2)
@@ -164,7 +195,9 @@ def test_continuation_keeps_the_prefix_exactly():
     assert torch.equal(result.x[:, :6], prefix.expand(3, -1, -1))
     assert _is_binary(result.x)
     # A numpy or boolean prefix is taken as the same roll.
-    from_numpy = continue_sequence(model, prefix.numpy().astype(bool), 5, seed=0, num_samples=3)
+    from_numpy = continue_sequence(
+        model, prefix.numpy().astype(bool), 5, seed=0, num_samples=3
+    )
     assert all(torch.equal(a, b) for a, b in zip(result, from_numpy))
 
 
@@ -173,22 +206,35 @@ def test_the_prefix_is_read_as_the_guide_reads_it(num_iafs):
     # With the same standard normal draws, the guide's sample in the fast
     # ELBO (packed batches, its own loop) must give the same z_1..z_P.
     config = DMMConfig(
-        z_dim=4, emission_dim=8, transition_dim=8, rnn_dim=8, num_iafs=num_iafs, iaf_dim=8
+        z_dim=4,
+        emission_dim=8,
+        transition_dim=8,
+        rnn_dim=8,
+        num_iafs=num_iafs,
+        iaf_dim=8,
     )
     model = _model(config=config, dtype=torch.float64)
     prefix = _prefix(7).double()
     result = continue_sequence(model, prefix, 3, seed=11, num_samples=4)
-    noise = torch.randn((4, 7, 4), generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    noise = torch.randn(
+        (4, 7, 4), generator=torch.Generator().manual_seed(11), dtype=torch.float64
+    )
     with torch.no_grad():
-        guide_z = elbo_terms(model, make_batch([prefix] * 4), noise=noise).z  # (4, 7, z_dim)
+        guide_z = elbo_terms(
+            model, make_batch([prefix] * 4), noise=noise
+        ).z  # (4, 7, z_dim)
     assert torch.allclose(result.z[:, :7], guide_z, rtol=1e-10, atol=1e-12)
     with torch.no_grad():
-        assert torch.allclose(result.probs[:, :7], torch.sigmoid(model.emitter(guide_z)))
+        assert torch.allclose(
+            result.probs[:, :7], torch.sigmoid(model.emitter(guide_z))
+        )
 
 
 def test_the_future_starts_from_the_last_state_of_the_prefix():
     model = _model()
-    result = continue_sequence(model, _prefix(5), 4, seed=3, num_samples=2, temperature=0.0)
+    result = continue_sequence(
+        model, _prefix(5), 4, seed=3, num_samples=2, temperature=0.0
+    )
     with torch.no_grad():
         z = result.z[:, 4]  # z_P, from the guide
         for t in range(5, 9):  # at temperature 0 each next state is the transition mean
@@ -206,7 +252,12 @@ def test_the_continuation_depends_on_the_prefix():
 
 def test_continuation_seeds_mode_and_dropout():
     config = DMMConfig(
-        z_dim=4, emission_dim=8, transition_dim=8, rnn_dim=8, rnn_layers=2, rnn_dropout=0.5
+        z_dim=4,
+        emission_dim=8,
+        transition_dim=8,
+        rnn_dim=8,
+        rnn_layers=2,
+        rnn_dropout=0.5,
     )
     model = _model(config=config)
     model.train()  # dropout on while training; generation must switch it off
@@ -219,7 +270,9 @@ def test_continuation_seeds_mode_and_dropout():
     model.eval()
     in_eval = continue_sequence(model, _prefix(), 6, seed=4, num_samples=2)
     assert all(torch.equal(a, b) for a, b in zip(first, in_eval))
-    assert not torch.equal(first.x, continue_sequence(model, _prefix(), 6, seed=5, num_samples=2).x)
+    assert not torch.equal(
+        first.x, continue_sequence(model, _prefix(), 6, seed=5, num_samples=2).x
+    )
 
 
 def test_a_float32_prefix_follows_a_float64_model():
@@ -237,7 +290,12 @@ def test_a_float32_prefix_follows_a_float64_model():
             ValueError,
             r"must have 88 columns \(one per key, column 0 = MIDI 21\); got 87",
         ),
-        (torch.zeros(88), {}, ValueError, r"must be 2-D \(time, 88\); got shape \(88,\)"),
+        (
+            torch.zeros(88),
+            {},
+            ValueError,
+            r"must be 2-D \(time, 88\); got shape \(88,\)",
+        ),
         (torch.zeros(0, 88), {}, ValueError, r"empty \(0 time steps\)"),
         (
             torch.full((2, 88), 0.5),
@@ -264,7 +322,12 @@ def test_a_float32_prefix_follows_a_float64_model():
             ValueError,
             "temperature must be a finite number >= 0",
         ),
-        (torch.zeros(2, 88), {"seed": 1.5}, TypeError, "seed must be an int or None, got 1.5"),
+        (
+            torch.zeros(2, 88),
+            {"seed": 1.5},
+            TypeError,
+            "seed must be an int or None, got 1.5",
+        ),
     ],
 )
 def test_bad_continuation_arguments(prefix, kwargs, error, pattern):
@@ -275,7 +338,9 @@ def test_bad_continuation_arguments(prefix, kwargs, error, pattern):
 
 def test_models_of_other_widths_take_prefixes_of_their_width():
     model = _model(
-        config=DMMConfig(input_dim=5, z_dim=2, emission_dim=4, transition_dim=4, rnn_dim=4)
+        config=DMMConfig(
+            input_dim=5, z_dim=2, emission_dim=4, transition_dim=4, rnn_dim=4
+        )
     )
     result = continue_sequence(model, torch.ones(3, 5), 2, seed=0)
     assert result.x.shape == (1, 5, 5)

@@ -30,7 +30,9 @@ FLOAT32_RTOL = 1e-4
 HYPOTHESIS = settings(max_examples=40, deadline=None)
 
 
-def close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> bool:
+def close(
+    actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float
+) -> bool:
     return torch.allclose(actual, expected, rtol=rtol, atol=atol)
 
 
@@ -84,7 +86,9 @@ def dense_joint(params: dict[str, torch.Tensor], num_steps: int):
     for s in range(num_steps):
         for t in range(s + 1):
             M[s * z_dim : (s + 1) * z_dim, t * z_dim : (t + 1) * z_dim] = powers[s - t]
-    noise_mean = torch.cat([params["mu0"], torch.zeros((num_steps - 1) * z_dim, dtype=DTYPE)])
+    noise_mean = torch.cat(
+        [params["mu0"], torch.zeros((num_steps - 1) * z_dim, dtype=DTYPE)]
+    )
     noise_cov = torch.block_diag(params["P0"], *[Q] * (num_steps - 1))
     mean_z = M @ noise_mean
     cov_z = M @ noise_cov @ M.T
@@ -123,10 +127,14 @@ def dense_posterior(x, params, mask):
     means, covs = [], []
     for b in range(batch):
         idx = observed_indices(mask[b], obs_dim)
-        gain = torch.linalg.solve(cov_x[idx][:, idx], cov_zx[:, idx].T).T  # (T z, n_obs)
+        gain = torch.linalg.solve(
+            cov_x[idx][:, idx], cov_zx[:, idx].T
+        ).T  # (T z, n_obs)
         mean = mean_z + gain @ (x[b].flatten()[idx] - mean_x[idx])
         cov = cov_z - gain @ cov_zx[:, idx].T
-        blocks = cov.reshape(num_steps, z_dim, num_steps, z_dim).diagonal(dim1=0, dim2=2)
+        blocks = cov.reshape(num_steps, z_dim, num_steps, z_dim).diagonal(
+            dim1=0, dim2=2
+        )
         means.append(mean.reshape(num_steps, z_dim))
         covs.append(blocks.permute(2, 0, 1))
     return torch.stack(means), torch.stack(covs)
@@ -141,8 +149,12 @@ def problems(draw, masked: bool):
     batch = draw(st.integers(1, 3))
     seed = draw(st.integers(0, 2**31 - 1))
     params = random_system(z_dim, obs_dim, seed)
-    x = lgssm.sample(**params, num_steps=num_steps, num_sequences=batch,
-                     generator=torch.Generator().manual_seed(seed)).x
+    x = lgssm.sample(
+        **params,
+        num_steps=num_steps,
+        num_sequences=batch,
+        generator=torch.Generator().manual_seed(seed),
+    ).x
     if masked:
         mask = random_mask(batch, num_steps, seed)
     else:
@@ -158,11 +170,18 @@ def problems(draw, masked: bool):
 def test_dense_reference_agrees_with_a_hand_computed_scalar_case():
     """T = 2, scalar: Var x_1 = P0 + R, Cov(x_1, x_2) = a P0, Var x_2 = a^2 P0 + Q + R."""
     a, p0, q, r = 0.5, 2.0, 0.3, 0.7
-    params = {"A": torch.tensor([[a]], dtype=DTYPE), "C": torch.tensor([[1.0]], dtype=DTYPE),
-              "Q": torch.tensor([[q]], dtype=DTYPE), "R": torch.tensor([[r]], dtype=DTYPE),
-              "mu0": torch.tensor([1.0], dtype=DTYPE), "P0": torch.tensor([[p0]], dtype=DTYPE)}
+    params = {
+        "A": torch.tensor([[a]], dtype=DTYPE),
+        "C": torch.tensor([[1.0]], dtype=DTYPE),
+        "Q": torch.tensor([[q]], dtype=DTYPE),
+        "R": torch.tensor([[r]], dtype=DTYPE),
+        "mu0": torch.tensor([1.0], dtype=DTYPE),
+        "P0": torch.tensor([[p0]], dtype=DTYPE),
+    }
     _, _, mean_x, cov_x, _ = dense_joint(params, 2)
-    expected = torch.tensor([[p0 + r, a * p0], [a * p0, a * a * p0 + q + r]], dtype=DTYPE)
+    expected = torch.tensor(
+        [[p0 + r, a * p0], [a * p0, a * a * p0 + q + r]], dtype=DTYPE
+    )
     assert torch.allclose(cov_x, expected)
     assert torch.allclose(mean_x, torch.tensor([1.0, a], dtype=DTYPE))
 
@@ -192,8 +211,12 @@ def test_masked_log_likelihood_marginalises_missing_steps(problem):
 def test_trailing_padding_equals_truncation():
     """Padding at the end (the DMM's use of masks) is the same as a shorter sequence."""
     params = random_system(2, 3, seed=7)
-    x = lgssm.sample(**params, num_steps=12, num_sequences=1,
-                     generator=torch.Generator().manual_seed(7)).x
+    x = lgssm.sample(
+        **params,
+        num_steps=12,
+        num_sequences=1,
+        generator=torch.Generator().manual_seed(7),
+    ).x
     mask = torch.ones(1, 12, dtype=DTYPE)
     mask[:, 8:] = 0
     padded = lgssm.log_likelihood(x, **params, mask=mask)
@@ -205,8 +228,12 @@ def test_trailing_padding_equals_truncation():
 def test_values_at_missing_steps_are_never_read():
     """NaN placeholders at masked steps change neither results nor gradients."""
     params = random_system(2, 2, seed=3)
-    x = lgssm.sample(**params, num_steps=10, num_sequences=2,
-                     generator=torch.Generator().manual_seed(3)).x
+    x = lgssm.sample(
+        **params,
+        num_steps=10,
+        num_sequences=2,
+        generator=torch.Generator().manual_seed(3),
+    ).x
     mask = random_mask(2, 10, seed=3)
     A = params["A"].clone().requires_grad_()
     others = {k: v for k, v in params.items() if k != "A"}
@@ -226,7 +253,9 @@ def test_fully_missing_sequence_has_zero_log_likelihood_and_prior_posterior():
     assert torch.equal(smoothed.log_likelihood, torch.zeros(1, dtype=DTYPE))
     mean_z, cov_z, *_ = dense_joint(params, 6)
     prior_covs = cov_z.reshape(6, 3, 6, 3).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
-    assert close(smoothed.smoothed_means[0], mean_z.reshape(6, 3), MOMENT_RTOL, MOMENT_ATOL)
+    assert close(
+        smoothed.smoothed_means[0], mean_z.reshape(6, 3), MOMENT_RTOL, MOMENT_ATOL
+    )
     assert close(smoothed.smoothed_covariances[0], prior_covs, MOMENT_RTOL, MOMENT_ATOL)
 
 
@@ -244,7 +273,9 @@ def test_log_likelihood_equals_pyro_gaussian_hmm(problem):
     pyro_ll = hmm.log_prob(x)
     assert close(lgssm.log_likelihood(x, **params), pyro_ll, LOGLIK_RTOL, LOGLIK_ATOL)
     # The mapping is an independent route to the dense answer too.
-    assert close(pyro_ll, dense_log_likelihood(x, params, mask), LOGLIK_RTOL, LOGLIK_ATOL)
+    assert close(
+        pyro_ll, dense_log_likelihood(x, params, mask), LOGLIK_RTOL, LOGLIK_ATOL
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -275,12 +306,20 @@ def test_filter_equals_dense_conditioning_on_the_past(problem):
         upto = mask.clone()
         upto[:, t + 1 :] = 0
         means, covs = dense_posterior(x, params, upto)
-        assert close(filtered.filtered_means[:, t], means[:, t], MOMENT_RTOL, MOMENT_ATOL)
-        assert close(filtered.filtered_covariances[:, t], covs[:, t], MOMENT_RTOL, MOMENT_ATOL)
+        assert close(
+            filtered.filtered_means[:, t], means[:, t], MOMENT_RTOL, MOMENT_ATOL
+        )
+        assert close(
+            filtered.filtered_covariances[:, t], covs[:, t], MOMENT_RTOL, MOMENT_ATOL
+        )
         upto[:, t] = 0
         means, covs = dense_posterior(x, params, upto)
-        assert close(filtered.predicted_means[:, t], means[:, t], MOMENT_RTOL, MOMENT_ATOL)
-        assert close(filtered.predicted_covariances[:, t], covs[:, t], MOMENT_RTOL, MOMENT_ATOL)
+        assert close(
+            filtered.predicted_means[:, t], means[:, t], MOMENT_RTOL, MOMENT_ATOL
+        )
+        assert close(
+            filtered.predicted_covariances[:, t], covs[:, t], MOMENT_RTOL, MOMENT_ATOL
+        )
 
 
 @HYPOTHESIS
@@ -290,7 +329,9 @@ def test_filter_and_smoother_agree_at_the_last_step(problem):
     filtered = lgssm.kalman_filter(x, **params, mask=mask)
     smoothed = lgssm.rts_smoother(x, **params, mask=mask)
     assert torch.equal(filtered.filtered_means[:, -1], smoothed.smoothed_means[:, -1])
-    assert torch.equal(filtered.filtered_covariances[:, -1], smoothed.smoothed_covariances[:, -1])
+    assert torch.equal(
+        filtered.filtered_covariances[:, -1], smoothed.smoothed_covariances[:, -1]
+    )
     assert torch.equal(filtered.log_likelihood, smoothed.log_likelihood)
 
 
@@ -298,16 +339,25 @@ def test_covariances_stay_positive_definite_when_nearly_deterministic():
     """Tiny noise makes the naive update lose positivity; Joseph forms keep it."""
     z_dim, obs_dim = 4, 4
     params = random_system(z_dim, obs_dim, seed=5)
-    params["A"] = 0.999 * torch.linalg.qr(params["A"])[0]  # slow rotation, no forgetting
+    params["A"] = (
+        0.999 * torch.linalg.qr(params["A"])[0]
+    )  # slow rotation, no forgetting
     params["Q"] = 1e-9 * torch.eye(z_dim, dtype=DTYPE)
     params["R"] = 1e-9 * torch.eye(obs_dim, dtype=DTYPE)
     params["P0"] = 1e3 * torch.eye(z_dim, dtype=DTYPE)
-    x = lgssm.sample(**params, num_steps=200, num_sequences=2,
-                     generator=torch.Generator().manual_seed(5)).x
+    x = lgssm.sample(
+        **params,
+        num_steps=200,
+        num_sequences=2,
+        generator=torch.Generator().manual_seed(5),
+    ).x
     filtered = lgssm.kalman_filter(x, **params)
     smoothed = lgssm.rts_smoother(x, **params)
-    for covs in (filtered.filtered_covariances, filtered.predicted_covariances,
-                 smoothed.smoothed_covariances):
+    for covs in (
+        filtered.filtered_covariances,
+        filtered.predicted_covariances,
+        smoothed.smoothed_covariances,
+    ):
         assert torch.equal(covs, covs.mT)
         assert (torch.linalg.eigvalsh(covs) > 0).all()
     assert torch.isfinite(smoothed.log_likelihood).all()
@@ -320,29 +370,52 @@ def test_covariances_stay_positive_definite_when_nearly_deterministic():
 
 def test_log_likelihood_gradients_match_finite_differences():
     params = random_system(2, 2, seed=13)
-    x = lgssm.sample(**params, num_steps=5, num_sequences=2,
-                     generator=torch.Generator().manual_seed(13)).x
+    x = lgssm.sample(
+        **params,
+        num_steps=5,
+        num_sequences=2,
+        generator=torch.Generator().manual_seed(13),
+    ).x
     mask = torch.tensor([[1, 0, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=DTYPE)
     chol = {name: torch.linalg.cholesky(params[name]) for name in ("Q", "R", "P0")}
 
     def f(A, C, L_Q, L_R, mu0, L_P0):
         # Covariances as L L^T so that finite-difference moves stay symmetric.
-        return lgssm.log_likelihood(x, A, C, L_Q @ L_Q.T, L_R @ L_R.T, mu0, L_P0 @ L_P0.T, mask)
+        return lgssm.log_likelihood(
+            x, A, C, L_Q @ L_Q.T, L_R @ L_R.T, mu0, L_P0 @ L_P0.T, mask
+        )
 
-    inputs = tuple(t.clone().requires_grad_() for t in (
-        params["A"], params["C"], chol["Q"], chol["R"], params["mu0"], chol["P0"]))
+    inputs = tuple(
+        t.clone().requires_grad_()
+        for t in (
+            params["A"],
+            params["C"],
+            chol["Q"],
+            chol["R"],
+            params["mu0"],
+            chol["P0"],
+        )
+    )
     assert torch.autograd.gradcheck(f, inputs)
 
 
 def test_float32_follows_the_input_dtype():
     params = random_system(3, 2, seed=17)
-    x = lgssm.sample(**params, num_steps=20, num_sequences=2,
-                     generator=torch.Generator().manual_seed(17)).x
+    x = lgssm.sample(
+        **params,
+        num_steps=20,
+        num_sequences=2,
+        generator=torch.Generator().manual_seed(17),
+    ).x
     params32 = {k: v.float() for k, v in params.items()}
     filtered = lgssm.kalman_filter(x.float(), **params32)
     assert all(t.dtype == torch.float32 for t in filtered)
-    assert close(filtered.log_likelihood.double(), lgssm.log_likelihood(x, **params),
-                 FLOAT32_RTOL, 0.0)
+    assert close(
+        filtered.log_likelihood.double(),
+        lgssm.log_likelihood(x, **params),
+        FLOAT32_RTOL,
+        0.0,
+    )
     assert lgssm.sample(**params32, num_steps=3).x.dtype == torch.float32
 
 
@@ -361,9 +434,15 @@ def test_sample_moments_match_the_analytic_joint():
     params = random_system(2, 3, seed=19)
     # A far from symmetric, so that a transposed transition cannot pass unnoticed.
     params["A"] = torch.tensor([[0.8, 0.6], [-0.3, 0.5]], dtype=DTYPE)
-    draws = lgssm.sample(**params, num_steps=num_steps, num_sequences=num_sequences,
-                         generator=torch.Generator().manual_seed(19))
-    stacked = torch.cat([draws.z.flatten(1), draws.x.flatten(1)], dim=1)  # (N, T (z + o))
+    draws = lgssm.sample(
+        **params,
+        num_steps=num_steps,
+        num_sequences=num_sequences,
+        generator=torch.Generator().manual_seed(19),
+    )
+    stacked = torch.cat(
+        [draws.z.flatten(1), draws.x.flatten(1)], dim=1
+    )  # (N, T (z + o))
     mean_z, cov_z, mean_x, cov_x, cov_zx = dense_joint(params, num_steps)
     mean = torch.cat([mean_z, mean_x])
     cov = torch.cat([torch.cat([cov_z, cov_zx], 1), torch.cat([cov_zx.T, cov_x], 1)], 0)
@@ -377,10 +456,18 @@ def test_sample_moments_match_the_analytic_joint():
 
 def test_sample_shapes_and_reproducibility():
     params = random_system(3, 2, seed=23)
-    first = lgssm.sample(**params, num_steps=7, num_sequences=4,
-                         generator=torch.Generator().manual_seed(0))
-    again = lgssm.sample(**params, num_steps=7, num_sequences=4,
-                         generator=torch.Generator().manual_seed(0))
+    first = lgssm.sample(
+        **params,
+        num_steps=7,
+        num_sequences=4,
+        generator=torch.Generator().manual_seed(0),
+    )
+    again = lgssm.sample(
+        **params,
+        num_steps=7,
+        num_sequences=4,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert first.z.shape == (4, 7, 3) and first.x.shape == (4, 7, 2)
     assert torch.equal(first.z, again.z) and torch.equal(first.x, again.x)
 
@@ -398,26 +485,63 @@ def with_param(name: str, value) -> dict:
 
 
 BAD_PARAMETERS = [
-    (with_param("A", torch.zeros(2, 3, dtype=DTYPE)), ValueError,
-     r"A must have shape \(z_dim, z_dim\), got \(2, 3\)"),
-    (with_param("C", torch.zeros(3, 4, dtype=DTYPE)), ValueError,
-     r"C must have shape \(obs_dim, z_dim\) with z_dim=2 \(from A\), got \(3, 4\)"),
-    (with_param("Q", torch.eye(3, dtype=DTYPE)), ValueError,
-     r"Q must have shape \(2, 2\) .* got \(3, 3\)"),
-    (with_param("R", torch.eye(2, dtype=DTYPE)), ValueError,
-     r"R must have shape \(3, 3\) .* got \(2, 2\)"),
-    (with_param("mu0", torch.zeros(2, 1, dtype=DTYPE)), ValueError,
-     r"mu0 must have shape \(2,\) .* got \(2, 1\)"),
-    (with_param("P0", torch.eye(3, dtype=DTYPE)), ValueError,
-     r"P0 must have shape \(2, 2\) .* got \(3, 3\)"),
-    (with_param("Q", -torch.eye(2, dtype=DTYPE)), ValueError, "Q must be positive definite"),
-    (with_param("R", torch.tensor([[1.0, 0.5, 0], [0, 1, 0], [0, 0, 1]], dtype=DTYPE)),
-     ValueError, "R must be a symmetric covariance matrix"),
-    (with_param("A", [[1.0, 0.0], [0.0, 1.0]]), TypeError, "A must be a torch.Tensor, got list"),
-    (with_param("C", torch.zeros(3, 2, dtype=torch.int64)), TypeError,
-     "C must have a floating-point dtype"),
-    (with_param("mu0", torch.zeros(2, dtype=torch.float32)), TypeError,
-     "mu0 has dtype torch.float32 .* but A has dtype torch.float64"),
+    (
+        with_param("A", torch.zeros(2, 3, dtype=DTYPE)),
+        ValueError,
+        r"A must have shape \(z_dim, z_dim\), got \(2, 3\)",
+    ),
+    (
+        with_param("C", torch.zeros(3, 4, dtype=DTYPE)),
+        ValueError,
+        r"C must have shape \(obs_dim, z_dim\) with z_dim=2 \(from A\), got \(3, 4\)",
+    ),
+    (
+        with_param("Q", torch.eye(3, dtype=DTYPE)),
+        ValueError,
+        r"Q must have shape \(2, 2\) .* got \(3, 3\)",
+    ),
+    (
+        with_param("R", torch.eye(2, dtype=DTYPE)),
+        ValueError,
+        r"R must have shape \(3, 3\) .* got \(2, 2\)",
+    ),
+    (
+        with_param("mu0", torch.zeros(2, 1, dtype=DTYPE)),
+        ValueError,
+        r"mu0 must have shape \(2,\) .* got \(2, 1\)",
+    ),
+    (
+        with_param("P0", torch.eye(3, dtype=DTYPE)),
+        ValueError,
+        r"P0 must have shape \(2, 2\) .* got \(3, 3\)",
+    ),
+    (
+        with_param("Q", -torch.eye(2, dtype=DTYPE)),
+        ValueError,
+        "Q must be positive definite",
+    ),
+    (
+        with_param(
+            "R", torch.tensor([[1.0, 0.5, 0], [0, 1, 0], [0, 0, 1]], dtype=DTYPE)
+        ),
+        ValueError,
+        "R must be a symmetric covariance matrix",
+    ),
+    (
+        with_param("A", [[1.0, 0.0], [0.0, 1.0]]),
+        TypeError,
+        "A must be a torch.Tensor, got list",
+    ),
+    (
+        with_param("C", torch.zeros(3, 2, dtype=torch.int64)),
+        TypeError,
+        "C must have a floating-point dtype",
+    ),
+    (
+        with_param("mu0", torch.zeros(2, dtype=torch.float32)),
+        TypeError,
+        "mu0 has dtype torch.float32 .* but A has dtype torch.float64",
+    ),
 ]
 
 
@@ -432,20 +556,48 @@ def test_bad_parameters_are_named(params, error, message):
 
 
 BAD_DATA = [
-    (torch.zeros(5, 3, dtype=DTYPE), None, ValueError,
-     r"x must have shape \(batch, time, obs_dim\) with obs_dim=3 \(from C\), got \(5, 3\)"),
-    (torch.zeros(4, 5, 2, dtype=DTYPE), None, ValueError,
-     r"x must have shape \(batch, time, obs_dim\) with obs_dim=3 \(from C\), got \(4, 5, 2\)"),
-    (torch.zeros(4, 0, 3, dtype=DTYPE), None, ValueError, "x must have at least one time step"),
-    (X.float(), None, TypeError,
-     "x has dtype torch.float32 .* parameters have dtype torch.float64"),
+    (
+        torch.zeros(5, 3, dtype=DTYPE),
+        None,
+        ValueError,
+        r"x must have shape \(batch, time, obs_dim\) with obs_dim=3 \(from C\), got \(5, 3\)",
+    ),
+    (
+        torch.zeros(4, 5, 2, dtype=DTYPE),
+        None,
+        ValueError,
+        r"x must have shape \(batch, time, obs_dim\) with obs_dim=3 \(from C\), got \(4, 5, 2\)",
+    ),
+    (
+        torch.zeros(4, 0, 3, dtype=DTYPE),
+        None,
+        ValueError,
+        "x must have at least one time step",
+    ),
+    (
+        X.float(),
+        None,
+        TypeError,
+        "x has dtype torch.float32 .* parameters have dtype torch.float64",
+    ),
     (X.tolist(), None, TypeError, "x must be a torch.Tensor, got list"),
-    (X, torch.ones(4, 6), ValueError, r"mask must have shape \(batch, time\) = \(4, 5\) "
-     r"\(from x\), got \(4, 6\)"),
+    (
+        X,
+        torch.ones(4, 6),
+        ValueError,
+        r"mask must have shape \(batch, time\) = \(4, 5\) "
+        r"\(from x\), got \(4, 6\)",
+    ),
     (X, torch.full((4, 5), 0.5), ValueError, "mask must contain only 0 and 1, got 0.5"),
     (X, [[1] * 5] * 4, TypeError, "mask must be a torch.Tensor, got list"),
-    (X.index_put((torch.tensor(2), torch.tensor(3)), torch.tensor(math.nan, dtype=DTYPE)),
-     None, ValueError, r"x has a NaN or infinite value at an observed step \(sequence 2, step 3\)"),
+    (
+        X.index_put(
+            (torch.tensor(2), torch.tensor(3)), torch.tensor(math.nan, dtype=DTYPE)
+        ),
+        None,
+        ValueError,
+        r"x has a NaN or infinite value at an observed step \(sequence 2, step 3\)",
+    ),
 ]
 
 
@@ -456,9 +608,18 @@ def test_bad_data_is_named(x, mask, error, message):
             algorithm(x, **GOOD, mask=mask)
 
 
-@pytest.mark.parametrize("name, value", [("num_steps", 0), ("num_steps", 2.0),
-                                         ("num_sequences", -1), ("num_sequences", True)])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("num_steps", 0),
+        ("num_steps", 2.0),
+        ("num_sequences", -1),
+        ("num_sequences", True),
+    ],
+)
 def test_bad_counts_are_named(name, value):
     kwargs = {"num_steps": 3, "num_sequences": 2, name: value}
-    with pytest.raises(ValueError, match=f"{name} must be a positive int, got {value!r}"):
+    with pytest.raises(
+        ValueError, match=f"{name} must be a positive int, got {value!r}"
+    ):
         lgssm.sample(**GOOD, **kwargs)

@@ -44,7 +44,9 @@ def _seed() -> None:
 
 
 @pytest.mark.parametrize("leading", LEADING_SHAPES)
-def test_emitter_logits_match_the_two_hidden_layer_formula(leading: tuple[int, ...]) -> None:
+def test_emitter_logits_match_the_two_hidden_layer_formula(
+    leading: tuple[int, ...],
+) -> None:
     emitter = Emitter(input_dim=7, z_dim=3, emission_dim=5).double()
     z = torch.randn(*leading, 3, dtype=torch.float64)
     logits = emitter(z)
@@ -145,13 +147,21 @@ def reference_rnn(rnn: BackwardRNN) -> nn.RNN:
     """``torch.nn.RNN`` with the same weights (its second bias zero)."""
     num_layers, rnn_dim = rnn.h_0.shape
     input_dim = rnn.input_to_hidden[0].in_features
-    reference = nn.RNN(input_dim, rnn_dim, num_layers, nonlinearity="relu", batch_first=True)
+    reference = nn.RNN(
+        input_dim, rnn_dim, num_layers, nonlinearity="relu", batch_first=True
+    )
     reference = reference.to(rnn.h_0.dtype)
     with torch.no_grad():
         for layer in range(num_layers):
-            getattr(reference, f"weight_ih_l{layer}").copy_(rnn.input_to_hidden[layer].weight)
-            getattr(reference, f"bias_ih_l{layer}").copy_(rnn.input_to_hidden[layer].bias)
-            getattr(reference, f"weight_hh_l{layer}").copy_(rnn.hidden_to_hidden[layer].weight)
+            getattr(reference, f"weight_ih_l{layer}").copy_(
+                rnn.input_to_hidden[layer].weight
+            )
+            getattr(reference, f"bias_ih_l{layer}").copy_(
+                rnn.input_to_hidden[layer].bias
+            )
+            getattr(reference, f"weight_hh_l{layer}").copy_(
+                rnn.hidden_to_hidden[layer].weight
+            )
             getattr(reference, f"bias_hh_l{layer}").zero_()
     return reference
 
@@ -187,14 +197,18 @@ def test_backward_rnn_gradients_equal_torch_rnns(num_layers: int) -> None:
     lengths = torch.tensor([3, 7, 1, 7, 5])
     x = torch.randn(5, 7, 4, dtype=torch.float64)
     x = x * (torch.arange(7) < lengths[:, None])[..., None]
-    readout = torch.randn(5, 7, 6, dtype=torch.float64)  # an arbitrary loss on every h_t
+    readout = torch.randn(
+        5, 7, 6, dtype=torch.float64
+    )  # an arbitrary loss on every h_t
 
     packed = rnn(reverse_sequences(x, lengths), lengths)
     h, _ = nn.utils.rnn.pad_packed_sequence(packed, batch_first=True, total_length=7)
-    ours = dict(zip(
-        [name for name, _ in rnn.named_parameters()],
-        torch.autograd.grad((h * readout).sum(), list(rnn.parameters())),
-    ))
+    ours = dict(
+        zip(
+            [name for name, _ in rnn.named_parameters()],
+            torch.autograd.grad((h * readout).sum(), list(rnn.parameters())),
+        )
+    )
 
     h_0 = rnn.h_0.detach()[:, None, :].clone().requires_grad_()  # (layers, 1, rnn_dim)
     loss = sum(
@@ -206,9 +220,15 @@ def test_backward_rnn_gradients_equal_torch_rnns(num_layers: int) -> None:
 
     assert allclose(ours["h_0"], theirs["h_0"][:, 0])
     for layer in range(num_layers):
-        assert allclose(ours[f"input_to_hidden.{layer}.weight"], theirs[f"weight_ih_l{layer}"])
-        assert allclose(ours[f"input_to_hidden.{layer}.bias"], theirs[f"bias_ih_l{layer}"])
-        assert allclose(ours[f"hidden_to_hidden.{layer}.weight"], theirs[f"weight_hh_l{layer}"])
+        assert allclose(
+            ours[f"input_to_hidden.{layer}.weight"], theirs[f"weight_ih_l{layer}"]
+        )
+        assert allclose(
+            ours[f"input_to_hidden.{layer}.bias"], theirs[f"bias_ih_l{layer}"]
+        )
+        assert allclose(
+            ours[f"hidden_to_hidden.{layer}.weight"], theirs[f"weight_hh_l{layer}"]
+        )
 
 
 def test_relu_recurrence_backward_passes_gradcheck() -> None:
@@ -227,7 +247,9 @@ def test_backward_rnn_is_initialised_like_torch_rnn() -> None:
     for name, weight in rnn.named_parameters():
         if name != "h_0":
             assert float(weight.detach().abs().max()) <= bound, name
-            assert float(weight.detach().abs().max()) > 0.9 * bound, name  # uniform over the range
+            assert float(weight.detach().abs().max()) > 0.9 * bound, (
+                name
+            )  # uniform over the range
     assert torch.equal(rnn.h_0, torch.zeros(1, 600))
 
 
@@ -246,7 +268,9 @@ def test_backward_rnn_dropout_acts_only_while_training() -> None:
 
 
 @pytest.mark.parametrize("leading", LEADING_SHAPES)
-def test_linear_gaussian_is_a_fixed_linear_map_with_fixed_scale(leading: tuple[int, ...]) -> None:
+def test_linear_gaussian_is_a_fixed_linear_map_with_fixed_scale(
+    leading: tuple[int, ...],
+) -> None:
     matrix = torch.randn(2, 3, dtype=torch.float64)
     scale = torch.tensor([0.5, 2.0], dtype=torch.float64)
     conditional = LinearGaussian(matrix, scale)
@@ -262,8 +286,16 @@ def test_linear_gaussian_is_a_fixed_linear_map_with_fixed_scale(leading: tuple[i
     ("matrix", "scale", "message"),
     [
         (torch.ones(3), torch.ones(3), r"matrix must be a 2-D tensor .* got \(3,\)"),
-        (torch.ones(2, 3), torch.ones(3), r"scale must be a tensor of shape \(2,\).* got \(3,\)"),
-        (torch.ones(2, 3), torch.tensor([1.0, -1.0]), r"scale must be positive; got minimum -1.0"),
+        (
+            torch.ones(2, 3),
+            torch.ones(3),
+            r"scale must be a tensor of shape \(2,\).* got \(3,\)",
+        ),
+        (
+            torch.ones(2, 3),
+            torch.tensor([1.0, -1.0]),
+            r"scale must be positive; got minimum -1.0",
+        ),
     ],
 )
 def test_linear_gaussian_rejects_bad_arguments(
@@ -278,14 +310,18 @@ def test_linear_gaussian_rejects_bad_arguments(
 
 @pytest.mark.parametrize("device", ["cpu", "meta"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_modules_follow_the_device_and_dtype_of_inputs(device: str, dtype: torch.dtype) -> None:
+def test_modules_follow_the_device_and_dtype_of_inputs(
+    device: str, dtype: torch.dtype
+) -> None:
     def tensor(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, dtype=dtype).to(device)
 
     emitter = Emitter(7, 3, 5).to(device=device, dtype=dtype)
     transition = GatedTransition(3, 6).to(device=device, dtype=dtype)
     combiner = Combiner(3, 5).to(device=device, dtype=dtype)
-    linear = LinearGaussian(torch.randn(2, 3, dtype=dtype), torch.rand(2, dtype=dtype) + 0.5)
+    linear = LinearGaussian(
+        torch.randn(2, 3, dtype=dtype), torch.rand(2, dtype=dtype) + 0.5
+    )
     linear = linear.to(device)
     outputs = [
         emitter(tensor(4, 3)),

@@ -23,6 +23,7 @@ import music21  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from dmm_fixtures import JSB_PATH as _JSB_PATH
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from IPython.display import Audio  # noqa: E402
@@ -53,14 +54,14 @@ from dmm_helpers.music import (  # noqa: E402
     write_midi,
 )
 
-from dmm_fixtures import JSB_PATH as _JSB_PATH
 needs_fluidsynth = pytest.mark.skipif(
     find_fluidsynth() is None,
     reason="FluidSynth or a General MIDI soundfont is not installed "
     "(Debian: apt-get install fluidsynth fluid-soundfont-gm)",
 )
 needs_lilypond = pytest.mark.skipif(
-    find_lilypond() is None, reason="LilyPond is not installed (Debian: apt-get install lilypond)"
+    find_lilypond() is None,
+    reason="LilyPond is not installed (Debian: apt-get install lilypond)",
 )
 
 RATE = 8000  # low enough to keep the tests fast, high enough for the harmonics used
@@ -106,7 +107,9 @@ def test_waveform_is_finite_bounded_and_normalised():
     assert np.all(np.isfinite(wave))
     assert np.abs(wave).max() <= 1.0
     assert np.isclose(np.abs(wave).max(), 0.9, atol=1e-6)  # the default peak
-    assert np.isclose(np.abs(synthesize(chord, sample_rate=RATE, peak=0.5)).max(), 0.5, atol=1e-6)
+    assert np.isclose(
+        np.abs(synthesize(chord, sample_rate=RATE, peak=0.5)).max(), 0.5, atol=1e-6
+    )
 
 
 def test_silent_roll_gives_silence():
@@ -121,15 +124,23 @@ def test_single_note_has_its_fundamental_and_harmonic_amplitudes():
     freqs, magnitude = _spectrum(wave, RATE)
     assert abs(freqs[magnitude.argmax()] - 440.0) < 1.0
     fundamental = _magnitude_near(freqs, magnitude, 440.0)
-    assert _magnitude_near(freqs, magnitude, 880.0) / fundamental == pytest.approx(0.5, rel=0.02)
-    assert _magnitude_near(freqs, magnitude, 1320.0) / fundamental == pytest.approx(0.25, rel=0.02)
-    assert _magnitude_near(freqs, magnitude, 1760.0) / fundamental < 0.01  # no 4th partial
+    assert _magnitude_near(freqs, magnitude, 880.0) / fundamental == pytest.approx(
+        0.5, rel=0.02
+    )
+    assert _magnitude_near(freqs, magnitude, 1320.0) / fundamental == pytest.approx(
+        0.25, rel=0.02
+    )
+    assert (
+        _magnitude_near(freqs, magnitude, 1760.0) / fundamental < 0.01
+    )  # no 4th partial
     rms = np.sqrt(np.mean(wave.astype(np.float64) ** 2))
     assert 0.05 < rms < 0.9
 
 
 def test_middle_c_and_a_chord_show_each_fundamental():
-    wave = synthesize(_roll(4, {t: [60, 67] for t in range(4)}), sample_rate=RATE, harmonics=(1.0,))
+    wave = synthesize(
+        _roll(4, {t: [60, 67] for t in range(4)}), sample_rate=RATE, harmonics=(1.0,)
+    )
     freqs, magnitude = _spectrum(wave, RATE)
     top_two = np.sort(freqs[np.argsort(magnitude)[-2:]])
     c4, g4 = 440 * 2 ** (-9 / 12), 440 * 2 ** (-2 / 12)  # 261.63 Hz, 392.00 Hz
@@ -139,18 +150,26 @@ def test_middle_c_and_a_chord_show_each_fundamental():
 def test_held_note_does_not_reattack():
     steps, samples = 6, RATE // 2
     held = synthesize(_held(60, steps), sample_rate=RATE)
-    step_rms = np.sqrt((held.astype(np.float64).reshape(steps, samples) ** 2).mean(axis=1))
+    step_rms = np.sqrt(
+        (held.astype(np.float64).reshape(steps, samples) ** 2).mean(axis=1)
+    )
     assert np.all(np.diff(step_rms) < 0)  # one attack, then a steady decay
     # Struck on every other step instead: loud again after each rest.
-    struck = synthesize(_roll(steps, {t: [60] for t in range(0, steps, 2)}), sample_rate=RATE)
-    struck_rms = np.sqrt((struck.astype(np.float64).reshape(steps, samples) ** 2).mean(axis=1))
+    struck = synthesize(
+        _roll(steps, {t: [60] for t in range(0, steps, 2)}), sample_rate=RATE
+    )
+    struck_rms = np.sqrt(
+        (struck.astype(np.float64).reshape(steps, samples) ** 2).mean(axis=1)
+    )
     assert struck_rms[2] > 0.9 * struck_rms[0] and struck_rms[4] > 0.9 * struck_rms[0]
 
 
 def test_notes_start_and_end_without_clicks():
     wave = synthesize(_roll(3, {1: [72]}), sample_rate=RATE)
     step = RATE // 2
-    assert not wave[:step].any() and not wave[2 * step :].any()  # silent outside its step
+    assert (
+        not wave[:step].any() and not wave[2 * step :].any()
+    )  # silent outside its step
     assert abs(wave[step]) < 1e-6  # the attack starts from 0
     assert abs(wave[2 * step - 1]) < 0.01  # and the release ends near 0
 
@@ -170,7 +189,11 @@ def test_accepts_tensors_and_bools():
         (np.zeros(88), ValueError, r"must be 2-D \(time, 88\); got shape \(88,\)"),
         (np.zeros((3, 87)), ValueError, "must have 88 columns .*got 87"),
         (np.zeros((0, 88)), ValueError, r"empty \(0 time steps\)"),
-        (np.full((2, 88), 0.5), ValueError, r"only 0 and 1; found 0\.5 at time step 0, column 0"),
+        (
+            np.full((2, 88), 0.5),
+            ValueError,
+            r"only 0 and 1; found 0\.5 at time step 0, column 0",
+        ),
         ([[0.0] * 88], TypeError, "torch tensor or numpy array, got list"),
         (np.full((2, 88), "a"), TypeError, "must hold numbers"),
     ],
@@ -215,7 +238,13 @@ def test_numpy_audio_player_holds_the_waveform():
 
 
 def test_note_names():
-    assert [note_name(m) for m in (21, 60, 61, 69, 108)] == ["A0", "C4", "C#4", "A4", "C8"]
+    assert [note_name(m) for m in (21, 60, 61, 69, 108)] == [
+        "A0",
+        "C4",
+        "C#4",
+        "A4",
+        "C8",
+    ]
 
 
 def test_plot_crops_to_used_range_and_labels_octaves():
@@ -232,7 +261,9 @@ def test_plot_crops_to_used_range_and_labels_octaves():
 def test_plot_whole_keyboard_on_given_axes():
     fig, axes = plt.subplots(1, 2)
     roll = torch.zeros(3, 88)
-    returned = plot_piano_roll(roll, ax=axes[1], crop=True)  # nothing sounds: whole keyboard
+    returned = plot_piano_roll(
+        roll, ax=axes[1], crop=True
+    )  # nothing sounds: whole keyboard
     assert returned is axes[1]
     assert returned.get_ylim() == (20.5, 108.5)
     ax = plot_piano_roll(_roll(3, {1: [60]}), crop=False, seconds_per_step=0.5)
@@ -262,7 +293,9 @@ def test_plot_accepts_probabilities_but_not_values_outside_0_1():
 @pytest.fixture(scope="module")
 def jsb_raw() -> dict:
     if not _JSB_PATH.is_file():
-        pytest.skip(f"the canonical JSB file is not at {_JSB_PATH}; set DMM_JSB_PATH to a copy")
+        pytest.skip(
+            f"the canonical JSB file is not at {_JSB_PATH}; set DMM_JSB_PATH to a copy"
+        )
     return json.loads(_JSB_PATH.read_bytes())
 
 
@@ -326,7 +359,12 @@ def test_stream_parts_are_lines_without_overlaps_ordered_from_the_top():
         starts = [float(n.offset) for n in notes]
         assert all(end <= start for end, start in zip(ends, starts[1:]))
     first_notes = [part.flatten().notes[0].pitch.midi for part in score.parts]
-    assert first_notes == [72, 67, 64, 60]  # soprano, alto, tenor, bass at the first chord
+    assert first_notes == [
+        72,
+        67,
+        64,
+        60,
+    ]  # soprano, alto, tenor, bass at the first chord
 
 
 def test_a_repeated_key_is_read_as_one_held_note():
@@ -334,7 +372,9 @@ def test_a_repeated_key_is_read_as_one_held_note():
     # stream takes the hold.
     from music21 import note, stream
 
-    struck = stream.Part([note.Note(60, quarterLength=1), note.Note(60, quarterLength=1)])
+    struck = stream.Part(
+        [note.Note(60, quarterLength=1), note.Note(60, quarterLength=1)]
+    )
     held = stream.Part([note.Note(60, quarterLength=2)])
     assert torch.equal(stream_to_roll(struck), stream_to_roll(held))
     assert _notes_of(roll_to_stream(stream_to_roll(struck))) == [(0.0, 2.0, 60)]
@@ -347,8 +387,12 @@ def test_stream_to_roll_samples_a_hand_written_stream():
     part.insert(0, chord.Chord([48, 55], quarterLength=3))  # C3 G3, dotted half
     part.insert(0, note.Note(76, quarterLength=0.5))  # an eighth: sounds at step 0 only
     part.insert(1, note.Note(74, quarterLength=2))
-    part.insert(5, note.Note(72, quarterLength=1))  # after a quarter rest at step 4... and 3
-    expected = _roll(6, {0: [48, 55, 76], 1: [48, 55, 74], 2: [48, 55, 74], 3: [], 4: [], 5: [72]})
+    part.insert(
+        5, note.Note(72, quarterLength=1)
+    )  # after a quarter rest at step 4... and 3
+    expected = _roll(
+        6, {0: [48, 55, 76], 1: [48, 55, 74], 2: [48, 55, 74], 3: [], 4: [], 5: [72]}
+    )
     roll = stream_to_roll(part)
     assert roll.dtype == torch.float32 and roll.shape == (6, 88)
     assert np.array_equal(roll.numpy(), expected)
@@ -361,14 +405,18 @@ def test_round_trip_of_a_hand_made_roll_through_stream_and_midi(tmp_path):
     back = read_midi(path)
     assert back.dtype == torch.float32 and np.array_equal(back.numpy(), HAND_MADE)
     score = music21.converter.parse(path)
-    assert [m.number for m in score.flatten().getElementsByClass("MetronomeMark")][:1] == [72]
+    assert [m.number for m in score.flatten().getElementsByClass("MetronomeMark")][
+        :1
+    ] == [72]
 
 
 def test_leading_and_trailing_silence_is_dropped_as_by_the_loaders(tmp_path):
     roll = np.zeros((6, 88))
     roll[2:4, 60 - 21] = 1  # silent, silent, C4, C4, silent, silent
     assert stream_to_roll(roll_to_stream(roll)).shape == (2, 88)
-    assert np.array_equal(read_midi(write_midi(roll, tmp_path / "r.mid")).numpy(), roll[2:4])
+    assert np.array_equal(
+        read_midi(write_midi(roll, tmp_path / "r.mid")).numpy(), roll[2:4]
+    )
 
 
 def test_jsb_chorales_survive_midi_exactly(jsb, jsb_raw, tmp_path):
@@ -391,7 +439,9 @@ def test_jsb_chorales_survive_midi_exactly(jsb, jsb_raw, tmp_path):
     density=st.sampled_from([0.02, 0.1, 0.4]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_round_trip_is_exact_for_any_roll_that_starts_and_ends_with_sound(steps, density, seed):
+def test_round_trip_is_exact_for_any_roll_that_starts_and_ends_with_sound(
+    steps, density, seed
+):
     rng = np.random.default_rng(seed)
     roll = (rng.random((steps, 88)) < density).astype(np.float64)
     roll[0, rng.integers(88)] = 1
@@ -410,7 +460,9 @@ def test_midi_file_is_written_atomically(tmp_path):
     with pytest.raises(ValueError, match="only 0 and 1"):
         write_midi(np.full((2, 88), 0.5), target)
     assert target.read_bytes() == before  # a failed write leaves the old file alone
-    assert sorted(p.name for p in target.parent.iterdir()) == ["piece.mid"]  # no temporary files
+    assert sorted(p.name for p in target.parent.iterdir()) == [
+        "piece.mid"
+    ]  # no temporary files
 
 
 def test_midi_download_link_embeds_the_file():
@@ -437,7 +489,9 @@ def test_bad_stream_inputs(tmp_path):
     (tmp_path / "junk.mid").write_bytes(b"this is not MIDI")
     with pytest.raises(ValueError, match="music21 could not read .*junk.mid as MIDI"):
         read_midi(tmp_path / "junk.mid")
-    silent = write_midi(np.zeros((3, 88)), tmp_path / "silent.mid")  # a valid file with no notes
+    silent = write_midi(
+        np.zeros((3, 88)), tmp_path / "silent.mid"
+    )  # a valid file with no notes
     with pytest.raises(ValueError, match="silent.mid: the stream has no pitched notes"):
         read_midi(silent)
 
@@ -446,7 +500,11 @@ def test_bad_stream_inputs(tmp_path):
     ("kwargs", "error", "pattern"),
     [
         ({"tempo_bpm": 0}, ValueError, "tempo_bpm must be a positive number"),
-        ({"tempo_bpm": float("inf")}, ValueError, "tempo_bpm must be a positive number"),
+        (
+            {"tempo_bpm": float("inf")},
+            ValueError,
+            "tempo_bpm must be a positive number",
+        ),
         ({"tempo_bpm": "fast"}, TypeError, "tempo_bpm must be a number"),
         (
             {"program": 128},
@@ -480,21 +538,29 @@ def test_fallback_without_fluidsynth_is_the_numpy_synthesis(no_fluidsynth):
     assert np.array_equal(player.wave, synthesize(roll, sample_rate=RATE))
     assert "install FluidSynth" in player.description
     assert "additive synthesis" in player._repr_html_()
-    with pytest.raises(RuntimeError, match="backend='fluidsynth' but FluidSynth .* not installed"):
+    with pytest.raises(
+        RuntimeError, match="backend='fluidsynth' but FluidSynth .* not installed"
+    ):
         audio(roll, backend="fluidsynth")
-    with pytest.raises(RuntimeError, match="apt-get install fluidsynth fluid-soundfont-gm"):
+    with pytest.raises(
+        RuntimeError, match="apt-get install fluidsynth fluid-soundfont-gm"
+    ):
         render_fluidsynth(roll)
 
 
 def test_soundfont_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(music.SOUNDFONT_ENV, str(tmp_path / "none.sf2"))
-    with pytest.raises(FileNotFoundError, match="DMM_SOUNDFONT=.*none.sf2 names no file"):
+    with pytest.raises(
+        FileNotFoundError, match="DMM_SOUNDFONT=.*none.sf2 names no file"
+    ):
         music.find_soundfont()
     (tmp_path / "mine.sf2").write_bytes(b"RIFF")
     monkeypatch.setenv(music.SOUNDFONT_ENV, str(tmp_path / "mine.sf2"))
     assert music.find_soundfont() == tmp_path / "mine.sf2"
     monkeypatch.delenv(music.SOUNDFONT_ENV)
-    monkeypatch.setattr(music, "SOUNDFONT_PATHS", (tmp_path / "a.sf2", tmp_path / "mine.sf2"))
+    monkeypatch.setattr(
+        music, "SOUNDFONT_PATHS", (tmp_path / "a.sf2", tmp_path / "mine.sf2")
+    )
     assert music.find_soundfont() == tmp_path / "mine.sf2"  # the first that exists
     monkeypatch.setattr(music, "SOUNDFONT_PATHS", (tmp_path / "a.sf2",))
     assert music.find_soundfont() is None and find_fluidsynth() is None
@@ -503,7 +569,11 @@ def test_soundfont_from_the_environment(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "pattern"),
     [
-        ({"backend": "midi"}, ValueError, 'backend must be "auto", "fluidsynth" or "numpy"'),
+        (
+            {"backend": "midi"},
+            ValueError,
+            'backend must be "auto", "fluidsynth" or "numpy"',
+        ),
         ({"volume": 3}, TypeError, r"unexpected keyword arguments \['volume'\]"),
         (
             {"backend": "fluidsynth", "harmonics": (1.0,)},
@@ -521,7 +591,9 @@ def test_bad_audio_arguments(kwargs, error, pattern):
 def test_fluidsynth_plays_the_right_pitch_for_the_right_time():
     rate, seconds = 22050, 0.5
     roll = _held(69, 4)  # A4 for 2 s
-    wave = render_fluidsynth(roll, sample_rate=rate, seconds_per_step=seconds, program=0)  # piano
+    wave = render_fluidsynth(
+        roll, sample_rate=rate, seconds_per_step=seconds, program=0
+    )  # piano
     music_samples = round(4 * seconds * rate)
     assert wave.dtype == np.float32
     assert (
@@ -534,28 +606,40 @@ def test_fluidsynth_plays_the_right_pitch_for_the_right_time():
     # piano, to the end of the roll; its strongest partials are all
     # harmonics of 440 Hz.
     organ = render_fluidsynth(roll, sample_rate=rate, program=19)
-    step_rms = np.sqrt((organ[:music_samples].astype(np.float64).reshape(4, -1) ** 2).mean(axis=1))
+    step_rms = np.sqrt(
+        (organ[:music_samples].astype(np.float64).reshape(4, -1) ** 2).mean(axis=1)
+    )
     assert np.all(step_rms > 0.5 * step_rms.max())
     freqs, magnitude = _spectrum(organ, rate)
     strongest = freqs[np.argsort(magnitude)[-20:]]
     harmonic = np.round(strongest / 440.0)
-    assert np.all(harmonic >= 1) and np.all(np.abs(strongest / (440.0 * harmonic) - 1) < 0.015)
+    assert np.all(harmonic >= 1) and np.all(
+        np.abs(strongest / (440.0 * harmonic) - 1) < 0.015
+    )
 
 
 @needs_fluidsynth
 def test_fluidsynth_leaves_rests_silent():
     rate = 22050
-    roll = _roll(12, {0: [60, 64, 67], 11: [72]})  # a chord, five seconds of rest, a note
+    roll = _roll(
+        12, {0: [60, 64, 67], 11: [72]}
+    )  # a chord, five seconds of rest, a note
     wave = render_fluidsynth(roll, sample_rate=rate, program=19)
     step = rate // 2
-    rms = np.sqrt((wave[: 12 * step].astype(np.float64).reshape(12, step) ** 2).mean(axis=1))
+    rms = np.sqrt(
+        (wave[: 12 * step].astype(np.float64).reshape(12, step) ** 2).mean(axis=1)
+    )
     assert rms[0] > 0.05 and rms[11] > 0.05
-    assert np.all(rms[6:10] < 1e-2 * rms[0])  # the release and reverb have died away (-40 dB)
+    assert np.all(
+        rms[6:10] < 1e-2 * rms[0]
+    )  # the release and reverb have died away (-40 dB)
 
 
 @needs_fluidsynth
 def test_audio_prefers_fluidsynth_and_says_so():
-    roll = _roll(4, {0: [60, 64, 67], 1: [60, 64, 67], 2: [62, 65, 71], 3: [60, 64, 72]})
+    roll = _roll(
+        4, {0: [60, 64, 67], 1: [60, 64, 67], 2: [62, 65, 71], 3: [60, 64, 72]}
+    )
     player = audio(roll, sample_rate=RATE)
     setup = find_fluidsynth()
     assert player.backend == "fluidsynth"
@@ -566,11 +650,15 @@ def test_audio_prefers_fluidsynth_and_says_so():
     page = player._repr_html_()
     assert "<audio" in page and "<figcaption" in page and setup.soundfont.name in page
     assert player.data[:4] == b"RIFF"
-    assert np.array_equal(player.wave, render_fluidsynth(roll, sample_rate=RATE))  # deterministic
+    assert np.array_equal(
+        player.wave, render_fluidsynth(roll, sample_rate=RATE)
+    )  # deterministic
     # Settings of the numpy synthesiser ask for it.
     assert audio(roll, sample_rate=RATE, harmonics=(1.0,)).backend == "numpy"
     assert audio(roll, sample_rate=RATE, backend="numpy").backend == "numpy"
-    assert audio(np.zeros((3, 88)), sample_rate=RATE).wave.shape == (3 * RATE // 2,)  # silence
+    assert audio(np.zeros((3, 88)), sample_rate=RATE).wave.shape == (
+        3 * RATE // 2,
+    )  # silence
 
 
 @needs_fluidsynth
@@ -580,7 +668,9 @@ def test_fluidsynth_errors(tmp_path):
         render_fluidsynth(_held(60, 2), soundfont=tmp_path / "fake.sf2")
     with pytest.raises(FileNotFoundError, match="no soundfont file at"):
         render_fluidsynth(_held(60, 2), soundfont=tmp_path / "none.sf2")
-    with pytest.raises(ValueError, match="sample_rate must be an integer in 8000..96000"):
+    with pytest.raises(
+        ValueError, match="sample_rate must be an integer in 8000..96000"
+    ):
         render_fluidsynth(_held(60, 2), sample_rate=4000)
 
 
@@ -602,10 +692,22 @@ def test_score_has_two_barred_staves_that_sound_like_the_roll(jsb):
 
 
 def test_score_splits_at_the_median_pitch_by_default():
-    roll = _roll(2, {0: [48, 55, 64, 72], 1: [50, 57, 65, 74]})  # median key: 60 (64 - 4)
+    roll = _roll(
+        2, {0: [48, 55, 64, 72], 1: [50, 57, 65, 74]}
+    )  # median key: 60 (64 - 4)
     upper, lower = roll_to_score(roll).parts
-    assert sorted(p.midi for n in upper.flatten().notes for p in n.pitches) == [64, 65, 72, 74]
-    assert sorted(p.midi for n in lower.flatten().notes for p in n.pitches) == [48, 50, 55, 57]
+    assert sorted(p.midi for n in upper.flatten().notes for p in n.pitches) == [
+        64,
+        65,
+        72,
+        74,
+    ]
+    assert sorted(p.midi for n in lower.flatten().notes for p in n.pitches) == [
+        48,
+        50,
+        55,
+        57,
+    ]
     upper, lower = roll_to_score(roll, split=70).parts
     assert sorted(p.midi for n in upper.flatten().notes for p in n.pitches) == [72, 74]
 
@@ -627,7 +729,8 @@ def test_score_image_without_lilypond_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(music.shutil, "which", lambda name: None)
     assert find_lilypond() is None
     with pytest.raises(
-        RuntimeError, match="need LilyPond, which is not installed.*apt-get install lilypond"
+        RuntimeError,
+        match="need LilyPond, which is not installed.*apt-get install lilypond",
     ):
         score_image(HAND_MADE)
 
@@ -642,7 +745,9 @@ def test_score_image_is_a_cropped_png(tmp_path):
     with Image.open(tmp_path / "score.png") as png:
         width, height = png.size
         pixels = np.asarray(png.convert("L"))
-    assert 100 < width < 827 and 50 < height < 400  # cropped well inside an A4 page at 100 dpi
+    assert (
+        100 < width < 827 and 50 < height < 400
+    )  # cropped well inside an A4 page at 100 dpi
     assert pixels.min() == 0  # ink inside
     assert (
         pixels[:12].min()
@@ -658,12 +763,22 @@ def test_score_image_is_a_cropped_png(tmp_path):
 # ---------------------------------------------------------------------------
 
 # Worked by hand. Steps: {C4 E4 G4}, {C4 E4 G4}, {D4}, {}, {C4 E4 G4 C5}, {C#4}.
-STATS_ROLL = _roll(6, {0: [60, 64, 67], 1: [60, 64, 67], 2: [62], 4: [60, 64, 67, 72], 5: [61]})
+STATS_ROLL = _roll(
+    6, {0: [60, 64, 67], 1: [60, 64, 67], 2: [62], 4: [60, 64, 67, 72], 5: [61]}
+)
 
 
 def test_notes_per_step_by_hand():
     assert notes_per_step(STATS_ROLL).tolist() == [3, 3, 1, 0, 4, 1]
-    assert notes_per_step([STATS_ROLL, _roll(1, {0: [40]})]).tolist() == [3, 3, 1, 0, 4, 1, 1]
+    assert notes_per_step([STATS_ROLL, _roll(1, {0: [40]})]).tolist() == [
+        3,
+        3,
+        1,
+        0,
+        4,
+        1,
+        1,
+    ]
 
 
 def test_pitch_class_histogram_by_hand():
@@ -678,7 +793,9 @@ def test_note_durations_by_hand():
     # C4: 2 steps, then 1; C#4: 1; D4: 1; E4: 2, then 1; G4: 2, then 1; C5: 1 (key order).
     assert note_durations(STATS_ROLL).tolist() == [2, 1, 1, 1, 2, 1, 2, 1, 1]
     assert note_durations(np.zeros((3, 88))).tolist() == []
-    assert note_durations(_held(60, 5)).tolist() == [5]  # held to the end: counted as it stands
+    assert note_durations(_held(60, 5)).tolist() == [
+        5
+    ]  # held to the end: counted as it stands
 
 
 def test_scale_consistency_by_hand():
@@ -705,7 +822,9 @@ def test_music_statistics_summarises_by_hand():
     assert np.allclose(stats.pitch_class_histogram, pitch_class_histogram(STATS_ROLL))
     silent = music_statistics(np.zeros((4, 88)))
     assert silent.silent_steps == 1.0 and np.isnan(silent.mean_note_duration)
-    assert np.isnan(silent.scale_consistency) and np.all(np.isnan(silent.pitch_class_histogram))
+    assert np.isnan(silent.scale_consistency) and np.all(
+        np.isnan(silent.pitch_class_histogram)
+    )
 
 
 def test_statistics_accept_one_roll_a_batch_or_a_list():
@@ -715,16 +834,23 @@ def test_statistics_accept_one_roll_a_batch_or_a_list():
     as_list = [STATS_ROLL, STATS_ROLL[::-1]]
     assert np.array_equal(notes_per_step(batch), notes_per_step(as_list))
     assert np.allclose(pitch_class_histogram(batch), pitch_class_histogram(STATS_ROLL))
-    assert music_statistics(batch).notes_per_step == music_statistics(STATS_ROLL).notes_per_step
+    assert (
+        music_statistics(batch).notes_per_step
+        == music_statistics(STATS_ROLL).notes_per_step
+    )
 
 
 def test_statistics_of_jsb_match_the_note_lists(jsb, jsb_raw):
     # Polyphony and pitch classes straight from the JSON file, with no roll in between.
     steps = [step for chorale in jsb_raw["test"] for step in chorale]
     assert notes_per_step(jsb["test"]).tolist() == [len(set(step)) for step in steps]
-    counts = np.bincount([note % 12 for step in steps for note in set(step)], minlength=12)
+    counts = np.bincount(
+        [note % 12 for step in steps for note in set(step)], minlength=12
+    )
     assert np.allclose(pitch_class_histogram(jsb["test"]), counts / counts.sum())
-    assert note_durations(jsb["test"]).sum() == counts.sum()  # every sounding step is in one note
+    assert (
+        note_durations(jsb["test"]).sum() == counts.sum()
+    )  # every sounding step is in one note
     stats = music_statistics(jsb["test"])
     assert stats.four_note_steps > 0.85 and stats.scale_consistency > 0.9
 
@@ -733,7 +859,11 @@ def test_statistics_of_jsb_match_the_note_lists(jsb, jsb_raw):
     ("rolls", "error", "pattern"),
     [
         ([], ValueError, r"no piano rolls given \(an empty sequence\)"),
-        (np.zeros((0, 4, 88)), ValueError, r"no piano rolls given \(a batch of 0 rolls\)"),
+        (
+            np.zeros((0, 4, 88)),
+            ValueError,
+            r"no piano rolls given \(a batch of 0 rolls\)",
+        ),
         (
             [np.zeros((2, 88)), np.full((2, 88), 2.0)],
             ValueError,
@@ -749,7 +879,12 @@ def test_statistics_of_jsb_match_the_note_lists(jsb, jsb_raw):
     ],
 )
 def test_bad_statistics_inputs(rolls, error, pattern):
-    for function in (notes_per_step, note_durations, scale_consistency, music_statistics):
+    for function in (
+        notes_per_step,
+        note_durations,
+        scale_consistency,
+        music_statistics,
+    ):
         with pytest.raises(error, match=pattern):
             function(rolls)
 

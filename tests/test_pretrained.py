@@ -32,7 +32,9 @@ def test_every_shipped_file_matches_the_manifest():
         assert set(entry["files"]) == set(pretrained.FILES), name
         for file, expected in entry["files"].items():
             data = (ROOT / "pretrained" / name / file).read_bytes()
-            assert hashlib.sha256(data).hexdigest() == expected, f"{name}/{file} changed since shipping"
+            assert hashlib.sha256(data).hexdigest() == expected, (
+                f"{name}/{file} changed since shipping"
+            )
 
 
 @pytest.mark.parametrize("name", ["jsb_dmm", "jsb_dmm_iaf"])
@@ -45,11 +47,15 @@ def test_shipped_models_load_and_their_logs_and_commands_agree(name):
     assert command.startswith("python -m dmm_helpers.train ")
     assert ("--num-iafs 2" in command) == (model.config.num_iafs == 2)
     state = torch.load(pretrained.pretrained_dir(name) / "model.pt", weights_only=True)
-    assert state["valid_bound"] == min(record["valid_bound"] for record in log if record["epoch"] <= state["epoch"])
+    assert state["valid_bound"] == min(
+        record["valid_bound"] for record in log if record["epoch"] <= state["epoch"]
+    )
 
 
 def test_an_unknown_name_lists_the_available_models():
-    with pytest.raises(KeyError, match="no shipped model named 'nope'; available: .*jsb_dmm"):
+    with pytest.raises(
+        KeyError, match="no shipped model named 'nope'; available: .*jsb_dmm"
+    ):
         pretrained.pretrained_dir("nope")
 
 
@@ -58,7 +64,10 @@ def test_a_tampered_file_is_refused(tmp_path, monkeypatch):
     with open(tmp_path / "jsb_dmm" / "log.jsonl", "a") as handle:
         handle.write("\n")
     monkeypatch.setenv("DMM_PRETRAINED_DIR", str(tmp_path))
-    with pytest.raises(ChecksumError, match=r"log\.jsonl has SHA-256 [0-9a-f]{64}, but the shipped file has"):
+    with pytest.raises(
+        ChecksumError,
+        match=r"log\.jsonl has SHA-256 [0-9a-f]{64}, but the shipped file has",
+    ):
         pretrained.pretrained_dir("jsb_dmm")
 
 
@@ -87,7 +96,9 @@ def _away_from_the_repository(monkeypatch, tmp_path, url):
     monkeypatch.setenv("DMM_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def test_without_a_clone_the_files_are_downloaded_and_verified(server, tmp_path, monkeypatch):
+def test_without_a_clone_the_files_are_downloaded_and_verified(
+    server, tmp_path, monkeypatch
+):
     _, url = server
     _away_from_the_repository(monkeypatch, tmp_path, url)
     folder = pretrained.pretrained_dir("jsb_dmm")
@@ -103,7 +114,9 @@ def test_a_corrupt_download_leaves_nothing_behind(server, tmp_path, monkeypatch)
     with pytest.raises(ChecksumError):
         pretrained.pretrained_dir("jsb_dmm")
     assert not (tmp_path / "cache" / "pretrained" / "jsb_dmm" / "model.pt").exists()
-    leftovers = [p.name for p in (tmp_path / "cache" / "pretrained" / "jsb_dmm").iterdir()]
+    leftovers = [
+        p.name for p in (tmp_path / "cache" / "pretrained" / "jsb_dmm").iterdir()
+    ]
     assert all(name in pretrained.FILES for name in leftovers), leftovers
 
 

@@ -50,7 +50,9 @@ CHROMIUM_FLAGS = [
 # Chapters with sound, and how many players each must show at least.
 AUDIO_PLAYERS = {"02_jsb_chorales": 1, "07_evaluation_and_music": 3}
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="pip install playwright"
+)
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
@@ -85,14 +87,30 @@ def site() -> Path:
     stamp = [sys.executable, str(ROOT / ".ci" / "cache_stamp.py")]
     subprocess.run([*stamp, "check", str(output / "_build")], check=True)
     result = subprocess.run(
-        [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
-         "build", str(ROOT), "--path-output", str(output), "--all", "-W", "-n", "--keep-going"],
-        env=env, capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            "-c",
+            "from jupyter_book.cli.main import main; main()",
+            "build",
+            str(ROOT),
+            "--path-output",
+            str(output),
+            "--all",
+            "-W",
+            "-n",
+            "--keep-going",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     log = ARTIFACTS / "site-build.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, f"the smoke-mode book build failed; see {log}:\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, (
+        f"the smoke-mode book build failed; see {log}:\n{result.stderr[-4000:]}"
+    )
     subprocess.run([*stamp, "write", str(output / "_build")], check=True)
     return output / "_build" / "html"
 
@@ -114,7 +132,9 @@ def server(site):
 @pytest.fixture(scope="module")
 def browser():
     with playwright_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS
+        )
         yield chromium
         chromium.close()
 
@@ -126,22 +146,32 @@ class Visit:
         self.context = browser.new_context(viewport={"width": 1280, "height": 900})
         self.page = self.context.new_page()
         self.errors: list[str] = []
-        self.page.on("pageerror", lambda error: self.errors.append(f"script error: {error}"))
+        self.page.on(
+            "pageerror", lambda error: self.errors.append(f"script error: {error}")
+        )
         self.page.on(
             "console",
-            lambda message: self.errors.append(
-                f"console {message.type}: {message.text} ({message.location.get('url', '')})"
-            )
-            if message.type == "error" else None,
+            lambda message: (
+                self.errors.append(
+                    f"console {message.type}: {message.text} ({message.location.get('url', '')})"
+                )
+                if message.type == "error"
+                else None
+            ),
         )
         self.page.on(
             "requestfailed",
-            lambda request: self.errors.append(f"request failed: {request.url} ({request.failure})"),
+            lambda request: self.errors.append(
+                f"request failed: {request.url} ({request.failure})"
+            ),
         )
         self.page.on(
             "response",
-            lambda response: self.errors.append(f"HTTP {response.status}: {response.url}")
-            if response.status >= 400 else None,
+            lambda response: (
+                self.errors.append(f"HTTP {response.status}: {response.url}")
+                if response.status >= 400
+                else None
+            ),
         )
         self.page.goto(url, wait_until="load")
         self.page.wait_for_load_state("networkidle")
@@ -152,10 +182,16 @@ class Visit:
 
 def typeset_problems(page) -> list[str]:
     """Math left as TeX: MathJax missing, failed, or a formula it did not turn into output."""
-    has_mathjax = page.evaluate("() => !!(window.MathJax && MathJax.startup && MathJax.startup.promise)")
+    has_mathjax = page.evaluate(
+        "() => !!(window.MathJax && MathJax.startup && MathJax.startup.promise)"
+    )
     raw_math = page.locator(".math").count()
     if not has_mathjax:
-        return [f"MathJax did not load ({raw_math} formulas on the page)"] if raw_math else []
+        return (
+            [f"MathJax did not load ({raw_math} formulas on the page)"]
+            if raw_math
+            else []
+        )
     page.evaluate("() => MathJax.startup.promise")
     problems = []
     untypeset = page.evaluate(
@@ -198,7 +234,11 @@ def audio_problems(page, expected: int) -> list[str]:
     problems = []
     if len(durations) < expected:
         problems.append(f"{len(durations)} audio players, expected at least {expected}")
-    problems += [f"audio player {i} does not decode (duration {d})" for i, d in enumerate(durations) if not d > 0]
+    problems += [
+        f"audio player {i} does not decode (duration {d})"
+        for i, d in enumerate(durations)
+        if not d > 0
+    ]
     return problems
 
 
@@ -223,7 +263,9 @@ def solution_problems(page) -> list[str]:
 
 def link_problems(page, base: str) -> list[str]:
     """Every link inside the site resolves, and every #fragment names an element of its target."""
-    links = page.evaluate("() => Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
+    links = page.evaluate(
+        "() => Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
+    )
     problems = []
     for link in sorted(set(links)):
         if not link.startswith(base):
@@ -244,7 +286,9 @@ def launch_problems(page, page_path: str) -> list[str]:
     """Colab and Binder buttons open this very notebook of this repository."""
     if not page_path.startswith("notebooks/"):
         return []
-    hrefs = page.evaluate("() => Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
+    hrefs = page.evaluate(
+        "() => Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
+    )
     notebook = f"{page_path}.ipynb"
     colab = f"https://colab.research.google.com/github/{REPOSITORY}/blob/{BRANCH}/{notebook}"
     binder = f"https://mybinder.org/v2/gh/{REPOSITORY}/{BRANCH}?urlpath=tree/{notebook}"
@@ -332,7 +376,9 @@ def test_the_checker_catches_a_broken_page(browser, server, broken_pages):
         links = link_problems(page, server)
         assert any("no-such-page.html: HTTP 404" in p for p in links), links
         assert any("no element with id 'no-such-anchor'" in p for p in links), links
-        assert solution_problems(page) == ["solution visible-solution is visible before a click"]
+        assert solution_problems(page) == [
+            "solution visible-solution is visible before a click"
+        ]
         assert launch_problems(page, "notebooks/01_gaussian_state_space_models")
         assert any("HTTP 404" in e for e in visit.errors), visit.errors
     finally:

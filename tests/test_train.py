@@ -67,10 +67,22 @@ TINY = {
     "progress": False,
 }
 LOG_KEYS = {
-    "epoch", "step", "train_loss", "annealing_factor", "learning_rate", "elapsed_s",
-    "skipped_steps", "valid_bound", "test_bound",
+    "epoch",
+    "step",
+    "train_loss",
+    "annealing_factor",
+    "learning_rate",
+    "elapsed_s",
+    "skipped_steps",
+    "valid_bound",
+    "test_bound",
 }
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CI": "true"}
+SUBPROCESS_ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "CI": "true",
+}
 SUBPROCESS_TIMEOUT_S = 120
 
 
@@ -91,10 +103,17 @@ def write_tiny_jsb(path: Path, seed: int = 0) -> Path:
     rng = random.Random(seed)
 
     def sequence() -> list[list[int]]:
-        return [sorted(rng.sample(range(48, 80), rng.randint(0, 4))) for _ in range(rng.randint(3, 8))]
+        return [
+            sorted(rng.sample(range(48, 80), rng.randint(0, 4)))
+            for _ in range(rng.randint(3, 8))
+        ]
 
     splits = {"train": NUM_TRAIN, "valid": 3, "test": 2}
-    path.write_text(json.dumps({split: [sequence() for _ in range(n)] for split, n in splits.items()}))
+    path.write_text(
+        json.dumps(
+            {split: [sequence() for _ in range(n)] for split, n in splits.items()}
+        )
+    )
     return path
 
 
@@ -106,19 +125,36 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture
 def config(tiny_data, tmp_path) -> TrainConfig:
     """The tiny run, in process, for one epoch with an evaluation after it."""
-    return TrainConfig(**{**TINY, "eval_every": 1}, data=str(tiny_data), out=str(tmp_path / "run"), epochs=1)
+    return TrainConfig(
+        **{**TINY, "eval_every": 1},
+        data=str(tiny_data),
+        out=str(tmp_path / "run"),
+        epochs=1,
+    )
 
 
 def command(data: Path, out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "dmm_helpers.train", "--data", str(data), "--out", str(out),
-        "--epochs", str(EPOCHS), *flags(TINY), *extra,
+        sys.executable,
+        "-m",
+        "dmm_helpers.train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        str(EPOCHS),
+        *flags(TINY),
+        *extra,
     ]
 
 
 def run_training(data: Path, out: Path, *extra: str) -> None:
     result = subprocess.run(
-        command(data, out, *extra), env=SUBPROCESS_ENV, capture_output=True, text=True,
+        command(data, out, *extra),
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
         timeout=SUBPROCESS_TIMEOUT_S,
     )
     assert result.returncode == 0, result.stderr
@@ -127,7 +163,10 @@ def run_training(data: Path, out: Path, *extra: str) -> None:
 def start_and_stop(data: Path, out: Path, signum: int) -> tuple[int, str]:
     """Start the command, send ``signum`` once an epoch is done, return (exit code, stderr)."""
     process = subprocess.Popen(
-        command(data, out), env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        command(data, out),
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
@@ -135,7 +174,9 @@ def start_and_stop(data: Path, out: Path, signum: int) -> tuple[int, str]:
     while not (out / "checkpoint.pt").exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"training ended before its first checkpoint: {process.communicate()[1]}")
+            pytest.fail(
+                f"training ended before its first checkpoint: {process.communicate()[1]}"
+            )
         time.sleep(0.002)
     assert process.poll() is None, "the run finished before it could be interrupted"
     process.send_signal(signum)
@@ -148,7 +189,10 @@ def log_records(out: Path) -> list[dict]:
 
 
 def without_clock(records: list[dict]) -> list[dict]:
-    return [{key: value for key, value in record.items() if key != "elapsed_s"} for record in records]
+    return [
+        {key: value for key, value in record.items() if key != "elapsed_s"}
+        for record in records
+    ]
 
 
 def assert_state_dicts_equal(actual: dict, expected: dict) -> None:
@@ -159,25 +203,39 @@ def assert_state_dicts_equal(actual: dict, expected: dict) -> None:
 
 def assert_same_run(actual: Path, expected: Path) -> None:
     """Final checkpoints, best models and logs of two runs agree exactly (wall-clock aside)."""
-    got, want = load_checkpoint(actual / "checkpoint.pt"), load_checkpoint(expected / "checkpoint.pt")
+    got, want = (
+        load_checkpoint(actual / "checkpoint.pt"),
+        load_checkpoint(expected / "checkpoint.pt"),
+    )
     assert_state_dicts_equal(got["model"], want["model"])
     assert (got["averaged"] is None) == (want["averaged"] is None)
     if want["averaged"] is not None:
         assert_state_dicts_equal(got["averaged"], want["averaged"])
     got_opt, want_opt = got["optimizer"], want["optimizer"]
-    assert got_opt["param_groups"] == want_opt["param_groups"]  # the decayed learning rate too
+    assert (
+        got_opt["param_groups"] == want_opt["param_groups"]
+    )  # the decayed learning rate too
     assert got_opt["state"].keys() == want_opt["state"].keys()
     for index, state in want_opt["state"].items():
         assert got_opt["state"][index]["step"] == state["step"]
         for moment in ("exp_avg", "exp_avg_sq"):
-            assert torch.equal(got_opt["state"][index][moment], state[moment]), (index, moment)
+            assert torch.equal(got_opt["state"][index][moment], state[moment]), (
+                index,
+                moment,
+            )
     assert torch.equal(got["rng"]["torch"], want["rng"]["torch"])
     for key in ("epoch", "step", "batch_in_epoch", "skipped_steps", "best_valid"):
         assert got[key] == want[key], key
     assert {**got["train_config"], "out": None} == {**want["train_config"], "out": None}
-    got_best, want_best = torch.load(actual / "best.pt"), torch.load(expected / "best.pt")
+    got_best, want_best = (
+        torch.load(actual / "best.pt"),
+        torch.load(expected / "best.pt"),
+    )
     assert_state_dicts_equal(got_best["model"], want_best["model"])
-    assert (got_best["epoch"], got_best["valid_bound"]) == (want_best["epoch"], want_best["valid_bound"])
+    assert (got_best["epoch"], got_best["valid_bound"]) == (
+        want_best["epoch"],
+        want_best["valid_bound"],
+    )
     assert without_clock(log_records(actual)) == without_clock(log_records(expected))
 
 
@@ -193,24 +251,40 @@ def uninterrupted(tiny_data, tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------
 
 
-def test_uninterrupted_run_writes_one_record_per_evaluation_and_keeps_the_best(uninterrupted):
+def test_uninterrupted_run_writes_one_record_per_evaluation_and_keeps_the_best(
+    uninterrupted,
+):
     records = log_records(uninterrupted)
     assert [r["epoch"] for r in records] == list(range(2, EPOCHS + 1, 2))
     assert all(r.keys() == LOG_KEYS for r in records)
-    assert [r["step"] for r in records] == [r["epoch"] * STEPS_PER_EPOCH for r in records]
+    assert [r["step"] for r in records] == [
+        r["epoch"] * STEPS_PER_EPOCH for r in records
+    ]
     assert all(math.isfinite(r[key]) for r in records for key in LOG_KEYS)
     best = torch.load(uninterrupted / "best.pt")
     argmin = min(records, key=lambda r: r["valid_bound"])
-    assert (best["epoch"], best["valid_bound"]) == (argmin["epoch"], argmin["valid_bound"])
+    assert (best["epoch"], best["valid_bound"]) == (
+        argmin["epoch"],
+        argmin["valid_bound"],
+    )
     final = load_checkpoint(uninterrupted / "checkpoint.pt")
-    assert (final["epoch"], final["step"], final["batch_in_epoch"]) == (EPOCHS, EPOCHS * STEPS_PER_EPOCH, 0)
+    assert (final["epoch"], final["step"], final["batch_in_epoch"]) == (
+        EPOCHS,
+        EPOCHS * STEPS_PER_EPOCH,
+        0,
+    )
     assert final["best_valid"] == argmin["valid_bound"]
     assert sorted(p.name for p in uninterrupted.iterdir()) == [
-        "best.pt", "checkpoint.pt", "command.txt", "log.jsonl"
+        "best.pt",
+        "checkpoint.pt",
+        "command.txt",
+        "log.jsonl",
     ]
 
 
-def test_sigkill_then_resume_ends_exactly_as_an_uninterrupted_run(uninterrupted, tiny_data, tmp_path):
+def test_sigkill_then_resume_ends_exactly_as_an_uninterrupted_run(
+    uninterrupted, tiny_data, tmp_path
+):
     out = tmp_path / "killed"
     code, _ = start_and_stop(tiny_data, out, signal.SIGKILL)
     assert code == -signal.SIGKILL
@@ -221,11 +295,16 @@ def test_sigkill_then_resume_ends_exactly_as_an_uninterrupted_run(uninterrupted,
     # scratch with the same seed would also end equal, so check that it does not.
     config, resume = parse_args([*command(tiny_data, out)[3:], "--resume"])
     trainer = Trainer(config, resume=resume)
-    assert (trainer.epoch, trainer.step) == (killed["epoch"], killed["epoch"] * STEPS_PER_EPOCH)
+    assert (trainer.epoch, trainer.step) == (
+        killed["epoch"],
+        killed["epoch"] * STEPS_PER_EPOCH,
+    )
     assert_state_dicts_equal(trainer.model.state_dict(), killed["model"])
     torch.manual_seed(config.seed)
     initial = DMM(config.model_config()).state_dict()
-    assert any(not torch.equal(initial[name], value) for name, value in killed["model"].items())
+    assert any(
+        not torch.equal(initial[name], value) for name, value in killed["model"].items()
+    )
 
     run_training(tiny_data, out, "--resume")
     assert_same_run(out, uninterrupted)
@@ -242,19 +321,36 @@ def test_sigterm_saves_mid_epoch_and_resume_ends_exactly_as_an_uninterrupted_run
     stopped = load_checkpoint(out / "checkpoint.pt")
     # Saved at the step after the signal, not at an epoch's end.
     assert 1 <= stopped["batch_in_epoch"] <= STEPS_PER_EPOCH
-    assert stopped["step"] == stopped["epoch"] * STEPS_PER_EPOCH + stopped["batch_in_epoch"]
+    assert (
+        stopped["step"]
+        == stopped["epoch"] * STEPS_PER_EPOCH + stopped["batch_in_epoch"]
+    )
     assert stopped["epoch"] < EPOCHS
     # The command the message prints is enough: the checkpoint knows the rest
     # (--device only because a GPU, where present, would be chosen otherwise).
     result = subprocess.run(
-        [sys.executable, "-m", "dmm_helpers.train", "--resume", "--out", str(out), "--device", "cpu"],
-        env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+        [
+            sys.executable,
+            "-m",
+            "dmm_helpers.train",
+            "--resume",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
     )
     assert result.returncode == 0, result.stderr
     assert_same_run(out, uninterrupted)
 
 
-def test_sigint_saves_a_checkpoint_at_the_next_step_and_restores_the_handlers(config, monkeypatch):
+def test_sigint_saves_a_checkpoint_at_the_next_step_and_restores_the_handlers(
+    config, monkeypatch
+):
     trainer = Trainer(dataclasses.replace(config, epochs=3))
     real_step = Trainer.train_step
 
@@ -271,13 +367,21 @@ def test_sigint_saves_a_checkpoint_at_the_next_step_and_restores_the_handlers(co
     assert stop.value.code == 128 + signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is handler
     saved = load_checkpoint(trainer.checkpoint_path)
-    assert (saved["epoch"], saved["batch_in_epoch"], saved["step"]) == (1, 2, STEPS_PER_EPOCH + 2)
+    assert (saved["epoch"], saved["batch_in_epoch"], saved["step"]) == (
+        1,
+        2,
+        STEPS_PER_EPOCH + 2,
+    )
     assert_state_dicts_equal(saved["model"], trainer.model.state_dict())
 
 
-def test_resume_after_the_last_batch_of_an_epoch_logs_the_whole_epochs_loss(config, tmp_path, monkeypatch):
+def test_resume_after_the_last_batch_of_an_epoch_logs_the_whole_epochs_loss(
+    config, tmp_path, monkeypatch
+):
     """A signal at an epoch's last step: the resumed epoch has no batches left, but its loss is known."""
-    reference = Trainer(dataclasses.replace(config, epochs=2, out=str(tmp_path / "ref")))
+    reference = Trainer(
+        dataclasses.replace(config, epochs=2, out=str(tmp_path / "ref"))
+    )
     expected = reference.run()
 
     stopped = Trainer(dataclasses.replace(config, epochs=2))
@@ -327,7 +431,9 @@ def test_a_run_with_flows_resumes_exactly_too(config, tmp_path):
     assert_same_run(Path(config.out), tmp_path / "whole")
 
 
-def test_the_moving_average_resumes_exactly_and_is_what_is_evaluated_and_kept(config, tmp_path):
+def test_the_moving_average_resumes_exactly_and_is_what_is_evaluated_and_kept(
+    config, tmp_path
+):
     averaged = dataclasses.replace(config, ema_decay=0.9, epochs=3)
     Trainer(dataclasses.replace(averaged, out=str(tmp_path / "whole"))).run()
     Trainer(dataclasses.replace(averaged, epochs=1)).run()
@@ -337,7 +443,10 @@ def test_the_moving_average_resumes_exactly_and_is_what_is_evaluated_and_kept(co
     # The average is a different set of weights from the trained ones ...
     trained, average = state["model"], state["averaged"]
     assert int(average["n_averaged"]) == 3 * STEPS_PER_EPOCH
-    assert any(not torch.equal(average[f"module.{name}"], value) for name, value in trained.items())
+    assert any(
+        not torch.equal(average[f"module.{name}"], value)
+        for name, value in trained.items()
+    )
     # ... and best.pt holds the average at its epoch: here the last, if it is the best.
     best = torch.load(Path(config.out) / "best.pt")
     if best["epoch"] == 3:
@@ -355,9 +464,11 @@ def test_the_moving_average_follows_its_formula(config):
     for batch in batches:
         assert trainer.train_step(batch, 1.0) is not None
         weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-        expected = weights if expected is None else {
-            n: decay * expected[n] + (1 - decay) * weights[n] for n in weights
-        }
+        expected = (
+            weights
+            if expected is None
+            else {n: decay * expected[n] + (1 - decay) * weights[n] for n in weights}
+        )
     got = dict(trainer.evaluated_model.named_parameters())
     for name, value in expected.items():
         assert torch.allclose(got[name], value, atol=1e-6), name
@@ -391,7 +502,9 @@ def test_unusable_flags_are_refused_by_name(config, changes, message):
 def test_the_sampled_kl_flag_trains_on_trace_elbos_estimator(config, monkeypatch):
     seen = []
     real = train.elbo
-    monkeypatch.setattr(train, "elbo", lambda *a, **k: seen.append(k.get("kl")) or real(*a, **k))
+    monkeypatch.setattr(
+        train, "elbo", lambda *a, **k: seen.append(k.get("kl")) or real(*a, **k)
+    )
     Trainer(dataclasses.replace(config, kl="sampled", eval_every=0)).run()
     assert seen and set(seen) == {"sampled"}
 
@@ -408,7 +521,9 @@ def test_resume_of_a_finished_run_changes_nothing(config):
 # ----------------------------------------------------------------------------
 
 
-def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temporary_file(config, monkeypatch):
+def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temporary_file(
+    config, monkeypatch
+):
     trainer = Trainer(config)
     trainer.run()
     out = Path(config.out)
@@ -460,8 +575,11 @@ KILL_DURING_SAVE = textwrap.dedent(
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint_intact(config):
     settings = dataclasses.asdict(config)
     result = subprocess.run(
-        [sys.executable, "-c", KILL_DURING_SAVE, json.dumps(settings)], env=SUBPROCESS_ENV,
-        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+        [sys.executable, "-c", KILL_DURING_SAVE, json.dumps(settings)],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
     )
     assert result.returncode == -signal.SIGKILL, result.stderr
     out = Path(config.out)
@@ -495,14 +613,18 @@ def trained(config) -> Path:
         pytest.param(lambda raw: raw[: len(raw) // 2], id="truncated"),
         pytest.param(lambda raw: raw[:100], id="truncated-header"),
         pytest.param(lambda raw: b"", id="empty"),
-        pytest.param(lambda raw: random.Random(0).randbytes(len(raw)), id="random-bytes"),
+        pytest.param(
+            lambda raw: random.Random(0).randbytes(len(raw)), id="random-bytes"
+        ),
         pytest.param(lambda raw: raw[:-200] + bytes(200), id="zeroed-tail"),
     ],
 )
 def test_a_corrupt_checkpoint_is_a_checkpoint_error(trained, config, damage):
     path = trained / "checkpoint.pt"
     path.write_bytes(damage(path.read_bytes()))
-    with pytest.raises(CheckpointError, match=r"checkpoint\.pt is not a readable checkpoint"):
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint\.pt is not a readable checkpoint"
+    ):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt"):
         Trainer(config, resume=True)
@@ -527,14 +649,18 @@ def test_a_missing_checkpoint_is_a_checkpoint_error(tmp_path, config):
 def test_a_torch_file_of_something_else_is_a_checkpoint_error(tmp_path, content, found):
     path = tmp_path / "other.pt"
     torch.save(content, path)
-    with pytest.raises(CheckpointError, match=rf"not a dmm_helpers checkpoint .*\(found {found}\)"):
+    with pytest.raises(
+        CheckpointError, match=rf"not a dmm_helpers checkpoint .*\(found {found}\)"
+    ):
         load_checkpoint(path)
 
 
 def test_a_pickled_module_is_refused_without_running_its_code(tmp_path):
     path = tmp_path / "module.pt"
     torch.save(torch.nn.Linear(2, 2), path)  # a whole pickled object, not weights
-    with pytest.raises(CheckpointError, match=r"module\.pt is not a readable checkpoint"):
+    with pytest.raises(
+        CheckpointError, match=r"module\.pt is not a readable checkpoint"
+    ):
         load_checkpoint(path)
 
 
@@ -550,7 +676,9 @@ def test_resuming_may_change_the_epochs_and_keeps_the_stored_settings(trained, c
     # eval_every 1, not 10), so `--resume --out DIR` alone continues the run as it was.
     bare = Trainer(TrainConfig(out=config.out), resume=True)
     assert bare.config == dataclasses.replace(config, device="auto")
-    longer = Trainer(dataclasses.replace(TrainConfig(), out=config.out, epochs=2), resume=True)
+    longer = Trainer(
+        dataclasses.replace(TrainConfig(), out=config.out, epochs=2), resume=True
+    )
     assert longer.config == dataclasses.replace(config, device="auto", epochs=2)
     assert longer.model.config.z_dim == 4
 
@@ -559,7 +687,9 @@ def test_weights_of_another_size_name_the_mismatching_tensors(trained):
     state = torch.load(trained / "best.pt")
     state["model_config"]["z_dim"] = 5
     torch.save(state, trained / "best.pt")
-    with pytest.raises(CheckpointError, match=r"different model: .*z_0 \(4,\) vs \(5,\)"):
+    with pytest.raises(
+        CheckpointError, match=r"different model: .*z_0 \(4,\) vs \(5,\)"
+    ):
         load_model(trained / "best.pt")
 
 
@@ -567,16 +697,22 @@ def test_weights_with_missing_or_unexpected_tensors_are_named(trained):
     state = torch.load(trained / "best.pt")
     state["model"]["extra.weight"] = state["model"].pop("z_q_0")
     torch.save(state, trained / "best.pt")
-    with pytest.raises(CheckpointError, match=r"missing \['z_q_0'\], unexpected \['extra.weight'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"missing \['z_q_0'\], unexpected \['extra.weight'\]"
+    ):
         load_model(trained / "best.pt")
 
 
-def test_a_model_config_that_disagrees_with_the_flags_is_refused_on_resume(trained, config):
+def test_a_model_config_that_disagrees_with_the_flags_is_refused_on_resume(
+    trained, config
+):
     path = trained / "checkpoint.pt"
     state = torch.load(path)
     state["model_config"]["rnn_dim"] = 17
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match=r"checkpoint\.pt is for the model .*rnn_dim=17"):
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint\.pt is for the model .*rnn_dim=17"
+    ):
         Trainer(config, resume=True)
 
 
@@ -595,7 +731,9 @@ def test_unusable_stored_configs_are_checkpoint_errors(trained, config):
 
 def test_resuming_from_best_pt_says_it_holds_no_training_state(trained, config):
     os.replace(trained / "best.pt", trained / "checkpoint.pt")
-    with pytest.raises(CheckpointError, match=r"no training state .*'optimizer'.*needs checkpoint\.pt"):
+    with pytest.raises(
+        CheckpointError, match=r"no training state .*'optimizer'.*needs checkpoint\.pt"
+    ):
         Trainer(config, resume=True)
 
 
@@ -629,7 +767,9 @@ def nan_on_calls(monkeypatch, bad_calls) -> list[float]:
     return betas
 
 
-def test_a_nan_loss_is_skipped_and_leaves_parameters_and_optimiser_untouched(config, monkeypatch):
+def test_a_nan_loss_is_skipped_and_leaves_parameters_and_optimiser_untouched(
+    config, monkeypatch
+):
     trainer = Trainer(config)
     trainer.model.train()
     batch = make_batch(trainer.train_set[:BATCH_SIZE])
@@ -655,7 +795,9 @@ def test_a_nan_gradient_with_a_finite_loss_is_skipped(config, monkeypatch):
 
     def elbo_with_nan_gradient(model, batch, **kwargs):
         # 0 * sqrt(0 * z_0): the value is 0, its gradient 0 * inf = NaN.
-        return real_elbo(model, batch, **kwargs) + 0.0 * torch.sqrt(model.z_0.sum() * 0.0)
+        return real_elbo(model, batch, **kwargs) + 0.0 * torch.sqrt(
+            model.z_0.sum() * 0.0
+        )
 
     monkeypatch.setattr(train, "elbo", elbo_with_nan_gradient)
     assert trainer.train_step(batch, 1.0) is None
@@ -674,7 +816,9 @@ def test_scattered_nan_steps_are_counted_and_training_goes_on(config, monkeypatc
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
-def test_continual_nan_losses_stop_the_run_and_keep_the_last_good_checkpoint(config, monkeypatch):
+def test_continual_nan_losses_stop_the_run_and_keep_the_last_good_checkpoint(
+    config, monkeypatch
+):
     config = dataclasses.replace(config, max_bad_steps=4)
     Trainer(config).run()
     good = load_checkpoint(Path(config.out) / "checkpoint.pt")
@@ -699,7 +843,9 @@ def test_continual_nan_losses_stop_the_run_and_keep_the_last_good_checkpoint(con
 # ----------------------------------------------------------------------------
 
 
-def pyro_example_factor(step: int, steps_per_epoch: int, annealing_epochs: int, minimum: float) -> float:
+def pyro_example_factor(
+    step: int, steps_per_epoch: int, annealing_epochs: int, minimum: float
+) -> float:
     """The KL factor as Pyro's ``examples/dmm.py`` computes it, from the epoch and batch index."""
     epoch, batch = divmod(step, steps_per_epoch)
     if annealing_epochs > 0 and epoch < annealing_epochs:
@@ -709,29 +855,48 @@ def pyro_example_factor(step: int, steps_per_epoch: int, annealing_epochs: int, 
     return 1.0
 
 
-@pytest.mark.parametrize(("annealing_epochs", "minimum"), [(4, 0.2), (1, 0.0), (3, 0.5), (0, 0.2), (2, 1.0)])
-def test_annealing_factor_rises_linearly_from_the_minimum_to_one(annealing_epochs, minimum):
-    config = TrainConfig(annealing_epochs=annealing_epochs, minimum_annealing_factor=minimum)
+@pytest.mark.parametrize(
+    ("annealing_epochs", "minimum"), [(4, 0.2), (1, 0.0), (3, 0.5), (0, 0.2), (2, 1.0)]
+)
+def test_annealing_factor_rises_linearly_from_the_minimum_to_one(
+    annealing_epochs, minimum
+):
+    config = TrainConfig(
+        annealing_epochs=annealing_epochs, minimum_annealing_factor=minimum
+    )
     steps_per_epoch = 7
     factors = [annealing_factor(step, steps_per_epoch, config) for step in range(30)]
-    expected = [pyro_example_factor(s, steps_per_epoch, annealing_epochs, minimum) for s in range(30)]
+    expected = [
+        pyro_example_factor(s, steps_per_epoch, annealing_epochs, minimum)
+        for s in range(30)
+    ]
     assert factors == pytest.approx(expected, abs=1e-12)
     assert max(factors) == 1.0 and factors[-1] == 1.0  # capped, and reached exactly
     if annealing_epochs > 0 and minimum < 1:
-        last = annealing_epochs * steps_per_epoch - 1  # the last step of the annealing epochs
+        last = (
+            annealing_epochs * steps_per_epoch - 1
+        )  # the last step of the annealing epochs
         increment = (1 - minimum) / (annealing_epochs * steps_per_epoch)
         assert factors[0] == pytest.approx(minimum + increment)
         assert factors[last] == pytest.approx(1.0) and factors[last - 1] < 1.0
-        assert all(b - a == pytest.approx(increment) for a, b in zip(factors[:last], factors[1 : last + 1]))
+        assert all(
+            b - a == pytest.approx(increment)
+            for a, b in zip(factors[:last], factors[1 : last + 1])
+        )
 
 
 def test_training_uses_the_schedule_step_by_step_and_logs_it(config, monkeypatch):
     betas = nan_on_calls(monkeypatch, set())
     trainer = Trainer(dataclasses.replace(config, epochs=3, annealing_epochs=2))
     records = trainer.run()
-    expected = [annealing_factor(s, STEPS_PER_EPOCH, trainer.config) for s in range(3 * STEPS_PER_EPOCH)]
+    expected = [
+        annealing_factor(s, STEPS_PER_EPOCH, trainer.config)
+        for s in range(3 * STEPS_PER_EPOCH)
+    ]
     assert betas == expected and betas[-1] == 1.0 and betas[0] < betas[1] < 1.0
-    assert [r["annealing_factor"] for r in records] == [expected[r["step"] - 1] for r in records]
+    assert [r["annealing_factor"] for r in records] == [
+        expected[r["step"] - 1] for r in records
+    ]
     decay = trainer.config.lr_decay
     assert records[-1]["learning_rate"] == pytest.approx(
         trainer.config.learning_rate * decay ** (3 * STEPS_PER_EPOCH), rel=1e-12
@@ -758,7 +923,9 @@ def test_best_pt_holds_the_weights_of_the_best_validation_bound(config, monkeypa
     assert load_checkpoint(trainer.checkpoint_path)["best_valid"] == 3.0
 
 
-def test_a_run_without_validation_data_logs_no_valid_bound_and_writes_no_best(tmp_path, config):
+def test_a_run_without_validation_data_logs_no_valid_bound_and_writes_no_best(
+    tmp_path, config
+):
     data = json.loads(Path(config.data).read_text())
     data["valid"] = []
     (tmp_path / "novalid.json").write_text(json.dumps(data))
@@ -781,10 +948,14 @@ def test_resolve_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(ValueError, match="--device cuda was asked for, but torch sees no CUDA"):
+    with pytest.raises(
+        ValueError, match="--device cuda was asked for, but torch sees no CUDA"
+    ):
         resolve_device("cuda")
     for name in ("gpu", "CPU", "cuda:0", ""):
-        with pytest.raises(ValueError, match=r'--device must be "auto", "cpu" or "cuda", got'):
+        with pytest.raises(
+            ValueError, match=r'--device must be "auto", "cpu" or "cuda", got'
+        ):
             resolve_device(name)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == torch.device("cuda")
@@ -793,9 +964,15 @@ def test_resolve_device(monkeypatch):
 
 def test_load_data_dispatches_on_the_data_flag(tmp_path, tiny_data, monkeypatch):
     calls = []
-    monkeypatch.setattr(train, "load_jsb", lambda *path: calls.append(("jsb", *path)) or "jsb")
-    monkeypatch.setattr(train, "load_bach_chorales", lambda: calls.append(("bach",)) or "bach")
-    monkeypatch.setattr(train, "load_sequences", lambda path: calls.append(("own", path)) or "own")
+    monkeypatch.setattr(
+        train, "load_jsb", lambda *path: calls.append(("jsb", *path)) or "jsb"
+    )
+    monkeypatch.setattr(
+        train, "load_bach_chorales", lambda: calls.append(("bach",)) or "bach"
+    )
+    monkeypatch.setattr(
+        train, "load_sequences", lambda path: calls.append(("own", path)) or "own"
+    )
     assert load_data("jsb") == "jsb" and load_data("bach") == "bach"
     assert load_data(str(tiny_data)) == "own"
     assert load_data(str(tmp_path)) == "own"  # a folder of MIDI files
@@ -803,7 +980,11 @@ def test_load_data_dispatches_on_the_data_flag(tmp_path, tiny_data, monkeypatch)
     monkeypatch.setattr(train, "JSB_SHA256", train.sha256_of(tiny_data))
     assert load_data(str(tiny_data)) == "jsb"
     assert calls == [
-        ("jsb",), ("bach",), ("own", Path(tiny_data)), ("own", tmp_path), ("jsb", Path(tiny_data))
+        ("jsb",),
+        ("bach",),
+        ("own", Path(tiny_data)),
+        ("own", tmp_path),
+        ("jsb", Path(tiny_data)),
     ]
     with pytest.raises(FileNotFoundError, match=r"--data 'nowhere.json': no such file"):
         load_data("nowhere.json")
@@ -812,7 +993,11 @@ def test_load_data_dispatches_on_the_data_flag(tmp_path, tiny_data, monkeypatch)
 def test_load_data_reads_a_json_file_in_the_jsb_format(tiny_data):
     data = load_data(str(tiny_data))
     raw = json.loads(tiny_data.read_text())
-    assert {split: len(rolls) for split, rolls in data.items()} == {"train": 6, "valid": 3, "test": 2}
+    assert {split: len(rolls) for split, rolls in data.items()} == {
+        "train": 6,
+        "valid": 3,
+        "test": 2,
+    }
     first = data["train"][0]
     assert first.shape == (len(raw["train"][0]), 88)
     assert first.sum(-1).tolist() == [len(step) for step in raw["train"][0]]
@@ -821,14 +1006,18 @@ def test_load_data_reads_a_json_file_in_the_jsb_format(tiny_data):
 def test_parse_args_has_one_flag_per_setting():
     config, resume = parse_args([])
     assert (config, resume) == (TrainConfig(), False)
-    config, resume = parse_args(flags(TINY) + ["--resume", "--data", "bach", "--num-iafs", "2"])
+    config, resume = parse_args(
+        flags(TINY) + ["--resume", "--data", "bach", "--num-iafs", "2"]
+    )
     assert resume and config == TrainConfig(**TINY, data="bach", num_iafs=2)
     assert config.model_config(88).z_dim == 4 and config.model_config(88).num_iafs == 2
     with pytest.raises(SystemExit):
         parse_args(["--z-dim", "four"])
     with pytest.raises(SystemExit):
         parse_args(["--no-such-flag"])
-    assert parse_args(["--kl", "sampled", "--ema-decay", "0.99"])[0] == TrainConfig(kl="sampled", ema_decay=0.99)
+    assert parse_args(["--kl", "sampled", "--ema-decay", "0.99"])[0] == TrainConfig(
+        kl="sampled", ema_decay=0.99
+    )
 
 
 @pytest.mark.parametrize("argv", [["--kl", "exact"], ["--device", "gpu"]])
@@ -838,7 +1027,9 @@ def test_flags_with_fixed_values_refuse_others_in_the_parser(argv, capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the error on a machine without CUDA"
+)
 def test_asking_for_cuda_without_a_gpu_fails_before_anything_is_written(config):
     with pytest.raises(ValueError, match="no CUDA device"):
         Trainer(dataclasses.replace(config, device="cuda"))
@@ -849,8 +1040,12 @@ def test_how_often_a_run_is_evaluated_does_not_change_its_training(config, tmp_p
     """Evaluation samples from its own seeded generator, not the training RNG."""
     import dataclasses
 
-    often = dataclasses.replace(config, out=str(tmp_path / "often"), epochs=3, eval_every=1)
-    never = dataclasses.replace(config, out=str(tmp_path / "never"), epochs=3, eval_every=0)
+    often = dataclasses.replace(
+        config, out=str(tmp_path / "often"), epochs=3, eval_every=1
+    )
+    never = dataclasses.replace(
+        config, out=str(tmp_path / "never"), epochs=3, eval_every=0
+    )
     Trainer(often).run()
     Trainer(never).run()
     state_often = torch.load(tmp_path / "often" / "checkpoint.pt", weights_only=True)
@@ -866,7 +1061,9 @@ def test_the_recorded_command_reproduces_the_settings(config):
 
     from dmm_helpers.train import parse_args
 
-    changed = dataclasses.replace(config, num_iafs=1, learning_rate=1e-3, progress=False)
+    changed = dataclasses.replace(
+        config, num_iafs=1, learning_rate=1e-3, progress=False
+    )
     words = shlex.split(changed.command())
     assert words[:3] == ["python", "-m", "dmm_helpers.train"]
     assert "--num-iafs" in words and "--no-progress" in words and "--z-dim" in words
