@@ -18,7 +18,7 @@ from typing import IO, Any
 
 
 def positive_int(name: str, value: Any) -> int:
-    """``value`` if it is an int >= 1 (not a bool); else a ``ValueError`` naming ``name``."""
+    """``value`` if it is an int >= 1 (not a bool); else a ``ValueError`` naming it."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
@@ -99,6 +99,6 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_with(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -> None:
-    """Let ``writer`` write a binary file (e.g. ``torch.save``) to ``path`` atomically."""
+    """Let ``writer`` (e.g. ``torch.save``) write ``path`` atomically, in binary."""
     with atomic_write(path, "wb") as file:
         writer(file)
