@@ -72,12 +72,19 @@ def note_name(midi: int) -> str:
     return f"{_NOTE_NAMES[midi % 12]}{midi // 12 - 1}"
 
 
-def _as_roll(roll: Any, *, binary: bool, width: int = NUM_NOTES) -> np.ndarray:
+def as_roll(roll: Any, *, binary: bool, width: int = NUM_NOTES) -> np.ndarray:
     """Validate a piano roll and return it as a float64 numpy array ``(T, width)``.
 
     With ``binary`` every entry must be 0 or 1; otherwise entries may be any
     value in [0, 1] (e.g. predicted note probabilities). ``width`` is 88 for
     piano rolls; other binary sequences (a model's ``input_dim``) may differ.
+    Every public function of this module that takes a roll checks it here,
+    and so can code outside it (:mod:`dmm_helpers.generate` does).
+
+    Raises:
+        TypeError: not a tensor or array, or not numbers.
+        ValueError: not 2-D, the wrong width, empty, or a value out of range
+            (the message names the first bad step and column).
     """
     if hasattr(roll, "detach"):  # a torch tensor, on any device
         roll = roll.detach().cpu().numpy()
@@ -179,7 +186,7 @@ def plot_piano_roll(
     """
     import matplotlib.pyplot as plt
 
-    values = _as_roll(roll, binary=False)  # (T, 88)
+    values = as_roll(roll, binary=False)  # (T, 88)
     steps = values.shape[0]
     used = np.flatnonzero(values.max(axis=0) > 0)
     if crop and used.size:
@@ -256,7 +263,7 @@ def synthesize(
         float32 array of ``round(T * seconds_per_step * sample_rate)`` samples
         in [-peak, peak].
     """
-    values = _as_roll(roll, binary=True)  # (T, 88)
+    values = as_roll(roll, binary=True)  # (T, 88)
     _check_positive_int("sample_rate", sample_rate)
     _check_seconds_per_step(seconds_per_step)
     _check_peak(peak)
@@ -404,7 +411,7 @@ def roll_to_stream(
     """
     from music21 import note, stream, tempo
 
-    values = _as_roll(roll, binary=True)  # (T, 88)
+    values = as_roll(roll, binary=True)  # (T, 88)
     tempo_bpm = _check_tempo(tempo_bpm)
     program = _check_program(program)
     parts = []
@@ -622,7 +629,7 @@ def render_fluidsynth(
         RuntimeError: FluidSynth or a soundfont is not installed, or
             FluidSynth failed (its messages are quoted).
     """
-    values = _as_roll(roll, binary=True)  # (T, 88)
+    values = as_roll(roll, binary=True)  # (T, 88)
     if (
         isinstance(sample_rate, bool)
         or not isinstance(sample_rate, int)
@@ -783,7 +790,7 @@ def audio(
         raise ValueError(
             f'backend must be "auto", "fluidsynth" or "numpy", got {backend!r}'
         )
-    values = _as_roll(roll, binary=True)  # (T, 88)
+    values = as_roll(roll, binary=True)  # (T, 88)
     if backend == "fluidsynth" and kwargs:
         raise TypeError(
             f"{sorted(kwargs)} are settings of the numpy synthesiser, not of FluidSynth"
@@ -852,7 +859,7 @@ def roll_to_score(
     """
     from music21 import clef, meter, note, stream
 
-    values = _as_roll(roll, binary=True)  # (T, 88)
+    values = as_roll(roll, binary=True)  # (T, 88)
     if not isinstance(time_signature, str):
         raise TypeError(
             f"time_signature must be a string such as '4/4', got {time_signature!r}"
@@ -1026,11 +1033,11 @@ def _as_rolls(rolls: Any) -> list[np.ndarray]:
             f"got {type(rolls).__name__}"
         )
     if len(items) == 1:
-        return [_as_roll(items[0], binary=True)]
+        return [as_roll(items[0], binary=True)]
     checked = []
     for i, item in enumerate(items):
         try:
-            checked.append(_as_roll(item, binary=True))
+            checked.append(as_roll(item, binary=True))
         except (TypeError, ValueError) as error:
             raise type(error)(f"roll {i}: {error}") from error
     return checked
