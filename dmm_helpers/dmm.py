@@ -21,7 +21,7 @@ flows (Kingma et al., 2016). Sample sites are named ``z_1 .. z_T`` and
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -31,6 +31,7 @@ from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN
 from torch import nn
 
+from dmm_helpers.checks import positive_int
 from dmm_helpers.data import Batch
 from dmm_helpers.modules import (
     BackwardRNN,
@@ -46,6 +47,22 @@ def _shape_of(value: object) -> object:
     return (
         tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
     )
+
+
+class Generated(NamedTuple):
+    """Sampled sequences and the latent path that produced them.
+
+    Attributes:
+        x: ``(N, T, input_dim)`` the rolls, 0.0 or 1.0, in the model's dtype.
+        z: ``(N, T, z_dim)`` the latent states ``z_1 .. z_T``.
+        probs: ``(N, T, input_dim)`` each note's probability at the sampled
+            ``z_t`` (``sigmoid(logits / tau)``): what the model expected, to be
+            drawn as shades of grey. For a Gaussian emission, its mean.
+    """
+
+    x: torch.Tensor
+    z: torch.Tensor
+    probs: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -259,23 +276,73 @@ class DMM(nn.Module):
         """
         return [AffineAutoregressive(net, stable=True) for net in self.iaf_nets]
 
+    def sample_emission(
+        self,
+        z_t: torch.Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``x_t ~ p(x_t | z_t)`` at temperature ``tau``: ``(x_t, probs)``.
+
+        Each note is drawn with probability ``sigmoid(logits_k(z_t) / tau)``;
+        ``tau = 0`` is the limit, a note sounds exactly when its logit is
+        positive. ``probs`` are those probabilities. Shapes: ``(..., z_dim)``
+        -> ``(..., input_dim)`` each.
+        """
+        logits = self.emitter(z_t)  # (..., input_dim)
+        if temperature > 0:
+            probs = torch.sigmoid(logits / temperature)
+            return torch.bernoulli(probs, generator=generator), probs
+        probs = (logits > 0).to(logits.dtype)  # the limit tau -> 0: a step at 1/2
+        return probs.clone(), probs
+
     @torch.no_grad()
+    def sample_forward(
+        self,
+        z_prev: torch.Tensor,
+        num_steps: int,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Generated:
+        """Ancestral sampling: ``num_steps`` steps of the model from ``z_prev``.
+
+        ``z_t = loc(z_{t-1}) + tau * scale(z_{t-1}) * eps_t`` and
+        ``x_t ~`` :meth:`sample_emission` at the same ``tau``; each step draws
+        the transition noise, then the notes. ``tau = 1`` samples the model
+        itself. The model's only forward sampler: :meth:`generate`,
+        :func:`~dmm_helpers.generate.sample_prior` and
+        :func:`~dmm_helpers.generate.continue_sequence` call it.
+
+        Shapes: ``z_prev`` ``(N, z_dim)`` -> :class:`Generated` with ``x``
+        and ``probs`` ``(N, num_steps, input_dim)``, ``z`` ``(N, num_steps,
+        z_dim)``.
+        """
+        num_steps = positive_int("num_steps", num_steps)
+        xs, zs, all_probs = [], [], []
+        for _ in range(num_steps):
+            loc, scale = self.transition(z_prev)  # (N, z_dim) each
+            eps = torch.randn(
+                loc.shape, generator=generator, dtype=loc.dtype, device=loc.device
+            )
+            z_t = loc + temperature * scale * eps  # (N, z_dim)
+            x_t, probs = self.sample_emission(z_t, temperature, generator)
+            xs.append(x_t)
+            zs.append(z_t)
+            all_probs.append(probs)
+            z_prev = z_t
+        return Generated(*(torch.stack(parts, dim=1) for parts in (xs, zs, all_probs)))
+
     def generate(
         self, num_sequences: int, num_steps: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ancestral samples: ``x`` ``(N, T, input_dim)`` and ``z`` ``(N, T, z_dim)``."""
-        for name, value in (("num_sequences", num_sequences), ("num_steps", num_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        z_prev = self.z_0.expand(num_sequences, -1)  # (N, z_dim)
-        xs, zs = [], []
-        for _ in range(num_steps):
-            loc, scale = self.transition(z_prev)
-            z_t = loc + scale * torch.randn_like(loc)  # (N, z_dim)
-            xs.append(self.emission_dist(z_t).sample())  # (N, input_dim)
-            zs.append(z_t)
-            z_prev = z_t
-        return torch.stack(xs, dim=1), torch.stack(zs, dim=1)
+        """Ancestral samples from the learned ``z_0``: ``x`` ``(N, T, input_dim)``, ``z``.
+
+        ``z`` is ``(N, T, z_dim)``. For temperatures, seeds and continuing a
+        given beginning, see :mod:`dmm_helpers.generate`.
+        """
+        num_sequences = positive_int("num_sequences", num_sequences)
+        sample = self.sample_forward(self.z_0.expand(num_sequences, -1), num_steps)
+        return sample.x, sample.z
 
 
 class LinearGaussianDMM(DMM):
@@ -342,6 +409,19 @@ class LinearGaussianDMM(DMM):
         """``p(x_t | z_t) = N(C z_t, diag(r_scale^2))``: batch shape ``(...)``, one event dim."""
         loc, scale = self.emitter(z)
         return dist.Normal(loc, scale).to_event(1)
+
+    def sample_emission(
+        self,
+        z_t: torch.Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``x_t ~ N(C z_t, diag((tau r_scale)^2))``: ``(x_t, C z_t)``."""
+        loc, scale = self.emitter(z_t)
+        eps = torch.randn(
+            loc.shape, generator=generator, dtype=loc.dtype, device=loc.device
+        )
+        return loc + temperature * scale * eps, loc
 
     def lgssm_params(self) -> dict[str, torch.Tensor]:
         """``A, C, Q, R, mu0, P0`` of the equivalent LGSSM.

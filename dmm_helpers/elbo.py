@@ -26,25 +26,39 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from dmm_helpers.checks import finite_number
 from dmm_helpers.data import Batch
 from dmm_helpers.dmm import DMM
 
+KLEstimator = Literal["analytic", "sampled"]
+KL_ESTIMATORS: tuple[KLEstimator, ...] = ("analytic", "sampled")
+"""How :func:`elbo_terms` takes the KL term: in closed form, or at the sample."""
+
 
 class ELBOTerms(NamedTuple):
-    """The two parts of a single-sample ELBO, per sequence.
+    """The two parts of a single-sample ELBO, per sequence and per step.
 
     Attributes:
         log_lik: ``(batch,)`` ``sum_t mask_t log p(x_t | z_t)``.
         kl: ``(batch,)`` ``sum_t mask_t KL_t``, where ``KL_t`` is the
             closed-form ``KL(q(z_t | z_{t-1}, h_t) || p(z_t | z_{t-1}))`` at the
-            sampled ``z_{t-1}`` (``kl="analytic"``) or its one-sample estimate
-            ``log q(z_t | ...) - log p(z_t | z_{t-1})`` (``kl="sampled"``).
-        z: ``(batch, time, z_dim)`` the posterior sample the terms were computed on.
+            sampled ``z_{t-1}`` (``kl_estimator="analytic"``) or its one-sample
+            estimate ``log q(z_t | ...) - log p(z_t | z_{t-1})``
+            (``kl_estimator="sampled"``).
+        z: ``(batch, time, z_dim)`` the posterior sample the terms were
+            computed on.
+        step_log_lik: ``(batch, time)`` ``log p(x_t | z_t)`` of each step.
+        step_kl: ``(batch, time)`` ``KL_t`` of each step.
+
+    Every per-step tensor is zero at padded steps, so ``log_lik`` is
+    ``step_log_lik.sum(1)`` and ``kl`` is ``step_kl.sum(1)``.
     """
 
     log_lik: torch.Tensor
     kl: torch.Tensor
     z: torch.Tensor
+    step_log_lik: torch.Tensor
+    step_kl: torch.Tensor
 
 
 def gaussian_kl(
@@ -128,9 +142,11 @@ def sample_guide(
 def elbo_terms(
     dmm: DMM,
     batch: Batch,
-    kl: Literal["analytic", "sampled"] = "analytic",
+    kl_estimator: KLEstimator = "analytic",
     noise: torch.Tensor | None = None,
     h: nn.utils.rnn.PackedSequence | None = None,
+    *,
+    check: bool = True,
 ) -> ELBOTerms:
     """Draw ``z_{1:T} ~ q`` once, then score every step of every sequence at once.
 
@@ -140,13 +156,13 @@ def elbo_terms(
     ``z``, the transitions, emissions and KL terms of all of them are one
     ``(N, ...)`` computation each.
 
-    With ``kl="sampled"``, ``log_lik - kl`` is ``log p(x, z) - log q(z | x)``
-    per sequence: an importance weight of ``log p(x)``.
+    With ``kl_estimator="sampled"``, ``log_lik - kl`` is ``log p(x, z) - log
+    q(z | x)`` per sequence: an importance weight of ``log p(x)``.
 
     Args:
         dmm: the model and guide (a :class:`~dmm_helpers.dmm.DMM`).
         batch: a :class:`~dmm_helpers.data.Batch`; padded steps count for nothing.
-        kl: ``"analytic"``: the Gaussian KL in closed form, as Pyro's
+        kl_estimator: ``"analytic"``: the Gaussian KL in closed form, as Pyro's
             ``TraceMeanField_ELBO``; ``"sampled"``: ``log q - log p`` at the
             sample, as ``Trace_ELBO``. With flows (``num_iafs > 0``) ``q`` has no
             closed-form KL and both options sample, as ``TraceMeanField_ELBO``
@@ -158,14 +174,21 @@ def elbo_terms(
         h: the backward RNN's output for ``batch``, packed as ``dmm.rnn``
             returns it. Default: computed here. Pass it when it is known
             already, e.g. for copies of the same sequences.
+        check: check ``batch`` against the model (:meth:`DMM.check_batch`).
+            The training loop turns it off: its batches come from
+            :func:`~dmm_helpers.data.make_batch` and were checked where they
+            were made, and the check costs host synchronisations on a GPU.
 
     Returns:
-        :class:`ELBOTerms` with per-sequence ``log_lik`` and ``kl``, and the
-        sample ``z`` (zero at padded steps).
+        :class:`ELBOTerms`: per-sequence ``log_lik`` and ``kl``, the sample
+        ``z`` and the per-step terms (zero at padded steps).
     """
-    dmm.check_batch(batch)
-    if kl not in ("analytic", "sampled"):
-        raise ValueError(f'kl must be "analytic" or "sampled", got {kl!r}')
+    if check:
+        dmm.check_batch(batch)
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(
+            f'kl_estimator must be "analytic" or "sampled", got {kl_estimator!r}'
+        )
     batch_size, t_max, _ = batch.x.shape
     z_dim = dmm.config.z_dim
     if h is None:
@@ -200,7 +223,7 @@ def elbo_terms(
     log_lik = dmm.emission_dist(q.z).log_prob(
         _pack(batch.x, batch.lengths).data
     )  # (N,)
-    if kl == "analytic" and dmm.config.num_iafs == 0:
+    if kl_estimator == "analytic" and dmm.config.num_iafs == 0:
         kl_t = gaussian_kl(q.loc, q.scale, p_loc, p_scale)  # (N,)
     else:
         # Change of variables: log q(z) = log N(z_base; loc, scale) - log |det dz / dz_base|.
@@ -210,39 +233,40 @@ def elbo_terms(
         log_p = dist.Normal(p_loc, p_scale).log_prob(q.z).sum(-1)  # (N,)
         kl_t = log_q - log_p
 
-    # Back to (batch, time, ...), zero at padded steps, and sum over time.
-    per_step = torch.cat(
-        [log_lik[:, None], kl_t[:, None], q.z], dim=-1
-    )  # (N, 2 + z_dim)
+    # Back to (batch, time, ...), zero at padded steps.
+    per_step = torch.cat([log_lik[:, None], kl_t[:, None], q.z], dim=-1)  # (N, 2 + z)
     padded, _ = nn.utils.rnn.pad_packed_sequence(
         h._replace(data=per_step), batch_first=True, total_length=t_max
     )  # (batch, time, 2 + z_dim)
-    sums = padded[..., :2].sum(1)  # (batch, 2)
-    return ELBOTerms(log_lik=sums[:, 0], kl=sums[:, 1], z=padded[..., 2:])
+    step_log_lik, step_kl = padded[..., 0], padded[..., 1]  # (batch, time) each
+    return ELBOTerms(
+        log_lik=step_log_lik.sum(1),
+        kl=step_kl.sum(1),
+        z=padded[..., 2:],
+        step_log_lik=step_log_lik,
+        step_kl=step_kl,
+    )
 
 
 def elbo(
     dmm: DMM,
     batch: Batch,
     annealing_factor: float = 1.0,
-    kl: Literal["analytic", "sampled"] = "analytic",
+    kl_estimator: KLEstimator = "analytic",
     noise: torch.Tensor | None = None,
+    *,
+    check: bool = True,
 ) -> torch.Tensor:
     """The single-sample ELBO summed over the batch: ``sum_b (log_lik_b - beta * kl_b)``.
 
     Equal, on the same draws, to minus the loss of Pyro's
-    ``TraceMeanField_ELBO`` (``kl="analytic"``) or ``Trace_ELBO``
-    (``kl="sampled"``) on ``dmm.model``/``dmm.guide`` with the same
+    ``TraceMeanField_ELBO`` (``kl_estimator="analytic"``) or ``Trace_ELBO``
+    (``"sampled"``) on ``dmm.model``/``dmm.guide`` with the same
     ``annealing_factor`` ``beta``. Differentiable: ``(-elbo(...)).backward()``
     trains the model and the guide with any torch optimiser; divided by
     ``batch.lengths.sum()`` it is the per-time-step bound papers report. See
     :func:`elbo_terms` for the arguments.
     """
-    if isinstance(annealing_factor, bool) or not isinstance(
-        annealing_factor, (int, float)
-    ):
-        raise TypeError(f"annealing_factor must be a number, got {annealing_factor!r}")
-    if not annealing_factor >= 0:
-        raise ValueError(f"annealing_factor must be >= 0, got {annealing_factor}")
-    terms = elbo_terms(dmm, batch, kl=kl, noise=noise)
+    finite_number("annealing_factor", annealing_factor, minimum=0)
+    terms = elbo_terms(dmm, batch, kl_estimator, noise, check=check)
     return terms.log_lik.sum() - annealing_factor * terms.kl.sum()

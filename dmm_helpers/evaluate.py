@@ -25,11 +25,60 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from dmm_helpers.checks import positive_int
 from dmm_helpers.data import Batch, make_batch
 from dmm_helpers.dmm import DMM
 from dmm_helpers.elbo import elbo_terms
 from dmm_helpers.train import load_data, load_model, resolve_device
+
+
+class ImportanceWeights(NamedTuple):
+    """``K`` draws ``z^(k) ~ q(z | x)`` for every sequence of a batch, scored.
+
+    Attributes:
+        log_weight: ``(K, batch)`` ``log w_k = log p(x, z^(k)) - log q(z^(k) | x)``.
+        log_lik: ``(K, batch)`` ``log p(x | z^(k))``, the reconstruction part.
+    """
+
+    log_weight: torch.Tensor
+    log_lik: torch.Tensor
+
+
+@torch.no_grad()
+def importance_weights(
+    model: DMM, batch: Batch, num_samples: int, *, chunk_size: int = 50
+) -> ImportanceWeights:
+    """Draw ``num_samples`` paths from the guide per sequence and weigh them.
+
+    ``log w_k`` is the single-sample ELBO of :func:`~dmm_helpers.elbo.elbo_terms`
+    with the KL term taken at the sample (``kl_estimator="sampled"``), so its
+    mean over ``k`` is an unbiased ELBO and its log-mean-exp an
+    importance-sampled estimate of ``log p(x)``. The backward RNN reads the
+    batch once; the draws are taken ``chunk_size`` copies of the batch at a
+    time, so memory is bounded whatever ``K`` is. Call in eval mode (as
+    :func:`importance_sampled_log_likelihood` does) to switch RNN dropout off.
+    """
+    num_samples = positive_int("num_samples", num_samples)
+    chunk_size = positive_int("chunk_size", chunk_size)
+    model.check_batch(batch)
+    n = batch.x.shape[0]
+    h = model.encode(batch)  # (n, time, rnn_dim): the same for every copy
+    log_weights, log_liks = [], []
+    for done in range(0, num_samples, chunk_size):
+        copies = min(chunk_size, num_samples - done)
+        repeated = Batch(*(f.repeat(copies, *([1] * (f.dim() - 1))) for f in batch))
+        h_packed = nn.utils.rnn.pack_padded_sequence(
+            h.repeat(copies, 1, 1),
+            repeated.lengths.cpu(),
+            batch_first=True,
+            enforce_sorted=False,
+        )
+        terms = elbo_terms(model, repeated, "sampled", h=h_packed, check=False)
+        log_weights.append((terms.log_lik - terms.kl).view(copies, n))
+        log_liks.append(terms.log_lik.view(copies, n))
+    return ImportanceWeights(torch.cat(log_weights), torch.cat(log_liks))
 
 
 class Evaluation(NamedTuple):
@@ -49,10 +98,23 @@ class Evaluation(NamedTuple):
     lengths: torch.Tensor
     reconstruction: torch.Tensor
 
+    def per_step(self) -> dict[str, float | int]:
+        """The numbers papers report, in nats per time step, from the same draws.
 
-def _repeat(batch: Batch, copies: int) -> Batch:
-    """``copies`` copies of every sequence, stacked along the batch: ``(copies * B, ...)``."""
-    return Batch(*(field.repeat(copies, *([1] * (field.dim() - 1))) for field in batch))
+        ``bound`` (minus the ELBO) ``= reconstruction + kl``, ``nll`` (the
+        importance-sampled negative log-likelihood, never above the bound on
+        the same draws), each summed over the sequences and divided by their
+        ``time_steps``; and how many ``sequences`` and ``time_steps`` that is.
+        """
+        steps = int(self.lengths.sum())
+        return {
+            "bound": -float(self.elbo.sum()) / steps,
+            "reconstruction": -float(self.reconstruction.sum()) / steps,
+            "kl": float((self.reconstruction - self.elbo).sum()) / steps,
+            "nll": -float(self.log_likelihood.sum()) / steps,
+            "sequences": len(self.lengths),
+            "time_steps": steps,
+        }
 
 
 @torch.no_grad()
@@ -63,61 +125,40 @@ def importance_sampled_log_likelihood(
     *,
     chunk_size: int = 50,
     batch_size: int = 20,
+    progress: bool = False,
 ) -> Evaluation:
-    """Importance-sampled ``log p(x)`` and the ELBO of each sequence, with the guide as proposal.
+    """Importance-sampled ``log p(x)`` and the ELBO of each sequence, the guide as proposal.
 
-    ``log w_k = log p(x, z^(k)) - log q(z^(k) | x)`` is the single-sample
-    ELBO with the KL term taken by sampling, so its mean over ``k`` is an
-    unbiased ELBO estimate and its log-mean-exp a consistent (and, in
-    expectation, lower) bound on ``log p(x)`` that is above the ELBO.
+    The sequences are taken ``batch_size`` at a time and weighed by
+    :func:`importance_weights`: ``log (1/K) sum_k w_k`` is a consistent (and,
+    in expectation, lower) bound on ``log p(x)`` that is above the ELBO,
+    ``(1/K) sum_k log w_k``. ``progress`` shows a bar over the batches.
     """
-    counts = (
-        ("num_samples", num_samples),
-        ("chunk_size", chunk_size),
-        ("batch_size", batch_size),
-    )
-    for name, value in counts:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    num_samples = positive_int("num_samples", num_samples)
+    chunk_size = positive_int("chunk_size", chunk_size)
+    batch_size = positive_int("batch_size", batch_size)
     if len(sequences) == 0:
         raise ValueError("no sequences to evaluate")
     was_training = model.training
     model.eval()
     device, dtype = model.z_0.device, model.z_0.dtype
+    starts = range(0, len(sequences), batch_size)
     log_likelihoods, elbos, lengths, reconstructions = [], [], [], []
     try:
-        for start in range(0, len(sequences), batch_size):
-            batch = make_batch(
-                [s.to(dtype) for s in sequences[start : start + batch_size]],
-                device=device,
+        for start in tqdm(
+            starts, desc="evaluating", unit="batch", disable=not progress
+        ):
+            chunk = [s.to(dtype) for s in sequences[start : start + batch_size]]
+            batch = make_batch(chunk, device=device)
+            weights = importance_weights(
+                model, batch, num_samples, chunk_size=chunk_size
             )
-            n = batch.x.shape[0]
-            h = model.encode(batch)  # (n, time, rnn_dim): the same for every copy
-            log_sum = torch.full(
-                (n,), -math.inf, dtype=dtype, device=device
-            )  # log sum_k w_k
-            weight_sum = torch.zeros(n, dtype=dtype, device=device)  # sum_k log w_k
-            log_lik_sum = torch.zeros(
-                n, dtype=dtype, device=device
-            )  # sum_k log p(x | z^(k))
-            for done in range(0, num_samples, chunk_size):
-                copies = min(chunk_size, num_samples - done)
-                repeated = _repeat(batch, copies)
-                h_packed = nn.utils.rnn.pack_padded_sequence(
-                    h.repeat(copies, 1, 1),
-                    repeated.lengths.cpu(),
-                    batch_first=True,
-                    enforce_sorted=False,
-                )
-                terms = elbo_terms(model, repeated, kl="sampled", h=h_packed)
-                log_w = (terms.log_lik - terms.kl).view(copies, n)  # (copies, n)
-                log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, dim=0))
-                weight_sum += log_w.sum(0)
-                log_lik_sum += terms.log_lik.view(copies, n).sum(0)
-            log_likelihoods.append(log_sum - math.log(num_samples))
-            elbos.append(weight_sum / num_samples)
+            log_likelihoods.append(
+                torch.logsumexp(weights.log_weight, dim=0) - math.log(num_samples)
+            )
+            elbos.append(weights.log_weight.mean(0))
             lengths.append(batch.lengths)
-            reconstructions.append(log_lik_sum / num_samples)
+            reconstructions.append(weights.log_lik.mean(0))
     finally:
         model.train(was_training)
     return Evaluation(
@@ -135,17 +176,29 @@ def evaluate(
     *,
     chunk_size: int = 50,
     batch_size: int = 20,
+    progress: bool = False,
 ) -> dict[str, float | int]:
-    """The bound and the importance-sampled NLL per time step, and what they were computed on."""
+    """The bound, its two terms and the importance-sampled NLL per time step.
+
+    Keys ``bound_per_step``, ``reconstruction_per_step``, ``kl_per_step`` and
+    ``nll_per_step`` (nats), and ``sequences``, ``time_steps`` and
+    ``samples`` (``K``): :meth:`Evaluation.per_step` of
+    :func:`importance_sampled_log_likelihood`.
+    """
     result = importance_sampled_log_likelihood(
-        model, sequences, num_samples, chunk_size=chunk_size, batch_size=batch_size
-    )
-    steps = int(result.lengths.sum())
+        model,
+        sequences,
+        num_samples,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        progress=progress,
+    ).per_step()
+    per_step = {f"{k}_per_step": result[k] for k in ("bound", "reconstruction", "kl")}
     return {
-        "bound_per_step": -float(result.elbo.sum()) / steps,
-        "nll_per_step": -float(result.log_likelihood.sum()) / steps,
-        "sequences": len(sequences),
-        "time_steps": steps,
+        **per_step,
+        "nll_per_step": result["nll"],
+        "sequences": result["sequences"],
+        "time_steps": result["time_steps"],
         "samples": num_samples,
     }
 

@@ -33,33 +33,18 @@ its dtype.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any
 
 import pyro.distributions as dist
 import torch
 
+from dmm_helpers.checks import finite_number, positive_int
 from dmm_helpers.data import Batch
-from dmm_helpers.dmm import DMM
-from dmm_helpers.music import _as_roll
-
-
-class Generated(NamedTuple):
-    """Sampled sequences and the latent path that produced them.
-
-    Attributes:
-        x: ``(N, T, input_dim)`` the rolls, 0.0 or 1.0, in the model's dtype.
-        z: ``(N, T, z_dim)`` the latent states ``z_1 .. z_T``.
-        probs: ``(N, T, input_dim)`` each note's probability at the sampled
-            ``z_t``, ``sigmoid(logits / tau)``: what the model expected, to be
-            drawn as shades of grey.
-    """
-
-    x: torch.Tensor
-    z: torch.Tensor
-    probs: torch.Tensor
+from dmm_helpers.dmm import DMM, Generated
+from dmm_helpers.elbo import elbo_terms
+from dmm_helpers.music import as_roll
 
 
 def _check_model(model: Any) -> None:
@@ -76,20 +61,8 @@ def _check_model(model: Any) -> None:
         )
 
 
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def _check_temperature(temperature: Any) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a number, got {temperature!r}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(
-            f"temperature must be a finite number >= 0, got {temperature!r}"
-        )
-    return float(temperature)
+    return finite_number("temperature", temperature, minimum=0)
 
 
 def _generator(seed: Any, device: torch.device) -> torch.Generator | None:
@@ -113,50 +86,6 @@ def _evaluating(model: DMM) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
-
-
-def _emission_logits(model: DMM, z: torch.Tensor) -> torch.Tensor:
-    """``logit_k(z)`` of the Bernoulli emission, through the model's own ``emission_dist``."""
-    emission = model.emission_dist(z)
-    return getattr(emission, "base_dist", emission).logits
-
-
-def _roll_forward(
-    model: DMM,
-    z_prev: torch.Tensor,
-    num_steps: int,
-    temperature: float,
-    generator: torch.Generator | None,
-) -> Generated:
-    """Ancestral sampling of ``num_steps`` steps from ``z_prev`` ``(N, z_dim)``.
-
-    Each step draws the transition noise, then the notes, in that order, so
-    that at ``tau = 1`` the draws are those of :meth:`DMM.generate` on the
-    same random stream.
-    """
-    xs, zs, all_probs = [], [], []
-    for _ in range(num_steps):
-        loc, scale = model.transition(z_prev)  # (N, z_dim) each
-        eps = torch.randn(
-            loc.shape, generator=generator, dtype=loc.dtype, device=loc.device
-        )
-        z_t = loc + temperature * scale * eps  # (N, z_dim)
-        logits = _emission_logits(model, z_t)  # (N, input_dim)
-        if temperature > 0:
-            probs = torch.sigmoid(logits / temperature)
-            x_t = torch.bernoulli(probs, generator=generator)
-        else:  # the limit tau -> 0 of sigmoid(logits / tau): a step at 1/2
-            probs = (logits > 0).to(logits.dtype)
-            x_t = probs.clone()
-        xs.append(x_t)
-        zs.append(z_t)
-        all_probs.append(probs)
-        z_prev = z_t
-    return Generated(
-        x=torch.stack(xs, dim=1),
-        z=torch.stack(zs, dim=1),
-        probs=torch.stack(all_probs, dim=1),
-    )  # (N, T, input_dim), (N, T, z_dim), (N, T, input_dim)
 
 
 def sample_prior(
@@ -187,13 +116,13 @@ def sample_prior(
         ``z`` ``(N, T, z_dim)`` and ``probs`` ``(N, T, input_dim)``.
     """
     _check_model(model)
-    num_sequences = _check_count("num_sequences", num_sequences)
-    length = _check_count("length", length)
+    num_sequences = positive_int("num_sequences", num_sequences)
+    length = positive_int("length", length)
     temperature = _check_temperature(temperature)
     generator = _generator(seed, model.z_0.device)
     with _evaluating(model):
         z_0 = model.z_0.expand(num_sequences, -1)  # (N, z_dim)
-        return _roll_forward(model, z_0, length, temperature, generator)
+        return model.sample_forward(z_0, length, temperature, generator)
 
 
 def continue_sequence(
@@ -241,47 +170,35 @@ def continue_sequence(
         inferred states explain the notes given).
     """
     _check_model(model)
-    num_steps = _check_count("num_steps", num_steps)
-    num_samples = _check_count("num_samples", num_samples)
+    num_steps = positive_int("num_steps", num_steps)
+    num_samples = positive_int("num_samples", num_samples)
     temperature = _check_temperature(temperature)
     parameter = model.z_q_0
-    values = _as_roll(
+    values = as_roll(
         prefix, binary=True, width=model.config.input_dim
     )  # (P, input_dim)
     prefix_x = torch.as_tensor(values, dtype=parameter.dtype, device=parameter.device)
     generator = _generator(seed, parameter.device)
+    steps = prefix_x.shape[0]
+    # S copies of one unpadded sequence: reversing it in time is a flip.
+    # (make_batch would do the same, but only for 88-key rolls.)
+    x = prefix_x.expand(num_samples, -1, -1)  # (S, P, input_dim)
+    batch = Batch(
+        x=x,
+        x_reversed=x.flip(1),
+        mask=torch.ones_like(x[..., 0]),  # (S, P)
+        lengths=torch.full((num_samples,), steps, device=x.device),
+    )
     with _evaluating(model):
-        # One sequence, no padding: reversing it in time is a flip. (make_batch
-        # would do the same, but only for 88-key rolls.)
-        batch = Batch(
-            x=prefix_x[None],  # (1, P, input_dim)
-            x_reversed=prefix_x.flip(0)[None],
-            mask=torch.ones_like(prefix_x[None, :, 0]),  # (1, P)
-            lengths=torch.tensor([prefix_x.shape[0]], device=prefix_x.device),
-        )
-        model.check_batch(batch)
-        h = model.encode(batch)  # (1, P, rnn_dim): h[:, t] summarises x_{t:P}
-        steps, z_dim = prefix_x.shape[0], model.config.z_dim
-        eps = torch.randn(
-            (num_samples, steps, z_dim),
+        noise = torch.randn(
+            (num_samples, steps, model.config.z_dim),
             generator=generator,
-            dtype=h.dtype,
-            device=h.device,
+            dtype=x.dtype,
+            device=x.device,
         )
-        z_prev = model.z_q_0.expand(num_samples, -1)  # (S, z_dim)
-        zs = []
-        for t in range(steps):
-            loc, scale = model.combiner(z_prev, h[:, t])  # (S, z_dim) each
-            z_t = loc + scale * eps[:, t]
-            for flow in model.iaf_transforms():
-                z_t = flow(z_t)
-            zs.append(z_t)
-            z_prev = z_t
-        z_given = torch.stack(zs, dim=1)  # (S, P, z_dim)
-        probs_given = torch.sigmoid(
-            _emission_logits(model, z_given)
-        )  # (S, P, input_dim)
-        future = _roll_forward(model, z_prev, num_steps, temperature, generator)
+        z_given = elbo_terms(model, batch, noise=noise).z  # (S, P, z_dim) ~ q
+        probs_given = model.emission_dist(z_given).mean  # (S, P, input_dim)
+        future = model.sample_forward(z_given[:, -1], num_steps, temperature, generator)
     x_given = prefix_x.expand(num_samples, -1, -1)  # (S, P, input_dim)
     return Generated(
         x=torch.cat([x_given, future.x], dim=1),

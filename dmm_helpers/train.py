@@ -562,7 +562,8 @@ class Trainer:
         # Without argument validation a NaN reaches the loss, where the guard
         # below catches it, instead of raising inside a distribution.
         with pyro.validation_enabled(False):
-            loss = -elbo(self.model, batch, annealing_factor=beta, kl=self.config.kl)
+            # Batches come from make_batch, checked where they were made.
+            loss = -elbo(self.model, batch, beta, self.config.kl, check=False)
         if torch.isfinite(loss):
             loss.backward()
             grads_finite = all(

@@ -113,7 +113,7 @@ def test_fast_elbo_equals_pyros_on_the_same_draws(
     dmm = small_dmm()
     batch = random_batch(lengths)
     expected, noise = pyro_elbo(dmm, batch, annealing_factor, objective)
-    value = elbo(dmm, batch, annealing_factor, kl=kl, noise=noise)
+    value = elbo(dmm, batch, annealing_factor, kl_estimator=kl, noise=noise)
     assert close(value, expected), (value, expected)
     # The same gradients, so either trains the same model.
     fast_grads, pyro_grads = gradients(dmm, value), gradients(dmm, expected)
@@ -123,9 +123,9 @@ def test_fast_elbo_equals_pyros_on_the_same_draws(
     # factor or other draws all give numbers far outside the tolerance.
     other_kl = "sampled" if kl == "analytic" else "analytic"
     for changed in (
-        elbo(dmm, batch, annealing_factor, kl=other_kl, noise=noise),
-        elbo(dmm, batch, annealing_factor + 0.1, kl=kl, noise=noise),
-        elbo(dmm, batch, annealing_factor, kl=kl, noise=noise + 0.1),
+        elbo(dmm, batch, annealing_factor, kl_estimator=other_kl, noise=noise),
+        elbo(dmm, batch, annealing_factor + 0.1, kl_estimator=kl, noise=noise),
+        elbo(dmm, batch, annealing_factor, kl_estimator=kl, noise=noise + 0.1),
     ):
         assert not torch.allclose(changed, expected, rtol=1e-6, atol=0.0)
 
@@ -139,7 +139,7 @@ def test_fast_elbo_with_flows_equals_pyros_sampled_kl(num_iafs: int, kl: str) ->
     # so both of Pyro's objectives give the same number on the same draws.
     for objective in (TraceMeanField_ELBO, Trace_ELBO):
         expected, noise = pyro_elbo(dmm, batch, 0.5, objective)
-        value = elbo(dmm, batch, 0.5, kl=kl, noise=noise)
+        value = elbo(dmm, batch, 0.5, kl_estimator=kl, noise=noise)
         assert torch.isfinite(value)
         assert close(value, expected), (objective.__name__, value, expected)
 
@@ -157,6 +157,35 @@ def test_sample_equals_the_guides() -> None:
         assert torch.equal(terms.z[b, length:], torch.zeros_like(terms.z[b, length:]))
 
 
+@pytest.mark.parametrize("num_iafs", [0, 2])
+def test_per_step_terms_equal_pyros_site_by_site(num_iafs: int) -> None:
+    # Pyro scores each step at its own sample sites x_t and z_t: the fast
+    # ELBO's per-step terms must be those numbers, zero on padded steps.
+    dmm = small_dmm(num_iafs=num_iafs)
+    batch = random_batch([4, 2, 3])
+    guide_trace = poutine.trace(dmm.guide).get_trace(batch)
+    model_trace = poutine.trace(poutine.replay(dmm.model, trace=guide_trace)).get_trace(
+        batch
+    )
+    terms = elbo_terms(dmm, batch, "sampled", noise=recorded_noise(guide_trace, 4))
+    assert terms.step_log_lik.shape == terms.step_kl.shape == (3, 4)
+    mask = batch.mask.bool()
+    for t in range(4):
+        x_site = model_trace.nodes[f"x_{t + 1}"]
+        log_lik = x_site["fn"].base_dist.log_prob(x_site["value"])  # unmasked
+        z_name = f"z_{t + 1}"
+        z_t = guide_trace.nodes[z_name]["value"]
+        log_q = guide_trace.nodes[z_name]["fn"].base_dist.log_prob(z_t)
+        log_p = model_trace.nodes[z_name]["fn"].base_dist.log_prob(z_t)
+        zero = torch.zeros_like(log_lik)
+        expected_kl = torch.where(mask[:, t], log_q - log_p, zero)
+        expected_lik = torch.where(mask[:, t], log_lik, zero)
+        assert torch.allclose(terms.step_log_lik[:, t], expected_lik, rtol=1e-9)
+        assert torch.allclose(terms.step_kl[:, t], expected_kl, rtol=1e-7, atol=1e-9)
+    assert close(terms.step_log_lik.sum(1), terms.log_lik)
+    assert close(terms.step_kl.sum(1), terms.kl)
+
+
 # ---------------------------------------------------------------- masking
 
 
@@ -167,15 +196,19 @@ def test_padded_batch_equals_its_sequences_run_alone(num_iafs: int, kl: str) -> 
     lengths = [5, 2, 4, 1]
     batch = random_batch(lengths)
     noise = torch.randn(4, 5, SMALL.z_dim, dtype=torch.float64)
-    terms = elbo_terms(dmm, batch, kl=kl, noise=noise)
+    terms = elbo_terms(dmm, batch, kl_estimator=kl, noise=noise)
     total = torch.zeros((), dtype=torch.float64)
     for b, length in enumerate(lengths):
         alone = make_batch([batch.x[b, :length]])
-        own = elbo_terms(dmm, alone, kl=kl, noise=noise[b : b + 1, :length])
+        own = elbo_terms(dmm, alone, kl_estimator=kl, noise=noise[b : b + 1, :length])
         assert torch.allclose(terms.log_lik[b], own.log_lik[0], rtol=1e-12)
         assert torch.allclose(terms.kl[b], own.kl[0], rtol=1e-12)
-        total = total + elbo(dmm, alone, 0.7, kl=kl, noise=noise[b : b + 1, :length])
-    assert torch.allclose(elbo(dmm, batch, 0.7, kl=kl, noise=noise), total, rtol=1e-12)
+        total = total + elbo(
+            dmm, alone, 0.7, kl_estimator=kl, noise=noise[b : b + 1, :length]
+        )
+    assert torch.allclose(
+        elbo(dmm, batch, 0.7, kl_estimator=kl, noise=noise), total, rtol=1e-12
+    )
 
 
 def test_what_lies_in_the_padding_changes_nothing() -> None:
@@ -214,8 +247,8 @@ def test_analytic_and_sampled_kl_agree_in_expectation() -> None:
     many = Batch(*(field.expand(copies, *field.shape[1:]) for field in batch))
     with torch.no_grad():
         noise = torch.randn(copies, 6, SMALL.z_dim, dtype=torch.float64)
-        analytic = elbo_terms(dmm, many, kl="analytic", noise=noise).kl
-        sampled = elbo_terms(dmm, many, kl="sampled", noise=noise).kl
+        analytic = elbo_terms(dmm, many, kl_estimator="analytic", noise=noise).kl
+        sampled = elbo_terms(dmm, many, kl_estimator="sampled", noise=noise).kl
     difference = sampled - analytic  # same draws: only the KL estimate differs
     standard_error = difference.std() / math.sqrt(copies)
     assert abs(float(difference.mean())) < 4 * float(standard_error)
@@ -252,7 +285,7 @@ def monte_carlo(
     """Per sequence: mean single-sample ELBO, its standard error, and log mean exp (IWAE)."""
     many = Batch(*(field.repeat_interleave(copies, dim=0) for field in batch))
     with torch.no_grad():
-        terms = elbo_terms(dmm, many, kl="sampled")
+        terms = elbo_terms(dmm, many, kl_estimator="sampled")
     weights = (terms.log_lik - terms.kl).view(-1, copies)  # log p(x, z) - log q(z | x)
     return (
         weights.mean(1),
@@ -327,13 +360,15 @@ def test_bad_arguments_are_refused_with_a_clear_message() -> None:
     ):
         elbo(dmm, narrow)
     with pytest.raises(
-        ValueError, match='kl must be "analytic" or "sampled", got \'exact\''
+        ValueError, match='kl_estimator must be "analytic" or "sampled", got \'exact\''
     ):
-        elbo(dmm, batch, kl="exact")  # type: ignore[arg-type]
+        elbo(dmm, batch, kl_estimator="exact")  # type: ignore[arg-type]
     message = r"noise must have shape .* = \(2, 3, 3\); got \(2, 3, 4\)"
     with pytest.raises(ValueError, match=message):
         elbo(dmm, batch, noise=torch.zeros(2, 3, 4, dtype=torch.float64))
-    with pytest.raises(ValueError, match="annealing_factor must be >= 0, got -0.5"):
+    with pytest.raises(
+        ValueError, match="annealing_factor must be a finite number >= 0, got -0.5"
+    ):
         elbo(dmm, batch, -0.5)
     with pytest.raises(TypeError, match="annealing_factor must be a number, got True"):
         elbo(dmm, batch, True)  # type: ignore[arg-type]

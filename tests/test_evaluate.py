@@ -29,8 +29,13 @@ from dmm_helpers import evaluate as evaluate_module
 from dmm_helpers import lgssm, train
 from dmm_helpers.data import make_batch
 from dmm_helpers.dmm import DMM, DMMConfig, LinearGaussianDMM
-from dmm_helpers.elbo import ELBOTerms, elbo
-from dmm_helpers.evaluate import _repeat, evaluate, importance_sampled_log_likelihood
+from dmm_helpers.elbo import ELBOTerms, elbo, elbo_terms
+from dmm_helpers.evaluate import (
+    Evaluation,
+    evaluate,
+    importance_sampled_log_likelihood,
+    importance_weights,
+)
 
 TINY = DMMConfig(z_dim=4, emission_dim=8, transition_dim=8, rnn_dim=16)
 # Monte Carlo agreement: allowed deviation in standard errors, plus a floor
@@ -81,7 +86,7 @@ def test_one_sample_is_the_sampled_kl_elbo_of_the_same_draw(model, sequences):
     torch.manual_seed(3)
     with torch.no_grad():
         model.eval()
-        expected = elbo(model, make_batch(sequences), kl="sampled")
+        expected = elbo(model, make_batch(sequences), kl_estimator="sampled")
     assert float(result.elbo.sum()) == pytest.approx(float(expected), rel=1e-6)
 
 
@@ -113,7 +118,7 @@ def test_the_model_is_evaluated_in_eval_mode_and_its_mode_restored(
     monkeypatch.setattr(
         evaluate_module,
         "elbo_terms",
-        lambda m, b, **k: seen.append(m.training) or real(m, b, **k),
+        lambda m, b, *a, **k: seen.append(m.training) or real(m, b, *a, **k),
     )
     model.train()
     importance_sampled_log_likelihood(model, sequences, 3)
@@ -125,6 +130,8 @@ def test_summary_counts_sequences_time_steps_and_samples(model, sequences):
     summary = evaluate(model, sequences, 4, chunk_size=3, batch_size=2)
     assert summary.keys() == {
         "bound_per_step",
+        "reconstruction_per_step",
+        "kl_per_step",
         "nll_per_step",
         "sequences",
         "time_steps",
@@ -169,16 +176,16 @@ def fixed_log_weights(monkeypatch) -> torch.Tensor:
     )
     dealt = [0] * len(table)
 
-    def deal(model, batch, kl="analytic", noise=None, h=None):
-        assert (
-            kl == "sampled"
-        )  # log w needs log q - log p at the draw, not the analytic KL
+    def deal(model, batch, kl_estimator="analytic", noise=None, h=None, check=True):
+        # log w needs log q - log p at the draw, not the analytic KL
+        assert kl_estimator == "sampled"
         log_w = []
         for tag in batch.x[:, 0].argmax(-1).tolist():
             log_w.append(table[tag, dealt[tag]])
             dealt[tag] += 1
         log_w = torch.stack(log_w)
-        return ELBOTerms(log_lik=log_w, kl=torch.zeros_like(log_w), z=None)
+        zeros = torch.zeros_like(log_w)
+        return ELBOTerms(log_w, zeros, None, log_w[:, None], zeros[:, None])
 
     monkeypatch.setattr(evaluate_module, "elbo_terms", deal)
     return table
@@ -253,14 +260,50 @@ def test_the_same_draws_give_the_same_answer_whatever_the_chunk_size_above_k(
         assert torch.equal(other.elbo, answers[0].elbo)
 
 
-def test_repeat_stacks_copies_along_the_batch(sequences):
-    batch = make_batch(sequences[:3])
-    repeated = _repeat(batch, 4)
-    assert repeated.x.shape == (12, *batch.x.shape[1:])
-    for field, original in zip(repeated, batch):
-        assert torch.equal(
-            field.view(4, *original.shape), original.expand(4, *original.shape)
-        )
+@pytest.mark.parametrize("chunk_size", [1, 3, 8])
+def test_importance_weights_are_sampled_elbos_of_copies(model, sequences, chunk_size):
+    # The backward RNN is read once and its output repeated for the copies; the
+    # weights must be exactly those of elbo_terms on the copies themselves,
+    # drawn in the same order (copy-major, a chunk at a time).
+    model = model.double().eval()
+    batch = make_batch([s.double() for s in sequences[:3]])
+    torch.manual_seed(5)
+    weights = importance_weights(model, batch, 8, chunk_size=chunk_size)
+    assert weights.log_weight.shape == weights.log_lik.shape == (8, 3)
+    torch.manual_seed(5)
+    expected, expected_lik = [], []
+    for done in range(0, 8, chunk_size):
+        copies = min(chunk_size, 8 - done)
+        with torch.no_grad():
+            terms = elbo_terms(
+                model,
+                make_batch([s.double() for s in sequences[:3]] * copies),
+                "sampled",
+            )
+        expected.append((terms.log_lik - terms.kl).view(copies, 3))
+        expected_lik.append(terms.log_lik.view(copies, 3))
+    assert torch.allclose(weights.log_weight, torch.cat(expected), rtol=1e-12)
+    assert torch.allclose(weights.log_lik, torch.cat(expected_lik), rtol=1e-12)
+
+
+def test_per_step_divides_sums_by_time_steps():
+    result = Evaluation(
+        log_likelihood=torch.tensor([-10.0, -20.0]),
+        elbo=torch.tensor([-12.0, -23.0]),
+        lengths=torch.tensor([2, 3]),
+        reconstruction=torch.tensor([-8.0, -15.0]),
+    ).per_step()
+    assert result == pytest.approx(
+        {
+            "bound": 35 / 5,
+            "reconstruction": 23 / 5,
+            "kl": 12 / 5,
+            "nll": 30 / 5,
+            "sequences": 2,
+            "time_steps": 5,
+        }
+    )
+    assert result["bound"] == pytest.approx(result["reconstruction"] + result["kl"])
 
 
 @pytest.mark.parametrize(
@@ -315,7 +358,7 @@ def fitted_linear_gaussian_dmm() -> tuple[LinearGaussianDMM, list[torch.Tensor]]
     )
     sequences = [draws.x[i, :length] for i, length in enumerate([3, 5, 4])]
 
-    batch = _repeat(make_batch(sequences), 8)
+    batch = make_batch(sequences * 8)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     steps = 200
     for step in range(steps):
@@ -444,6 +487,8 @@ def test_command_line_prints_one_json_object(tmp_path):
         "device",
         "seed",
         "bound_per_step",
+        "reconstruction_per_step",
+        "kl_per_step",
         "nll_per_step",
         "sequences",
         "time_steps",
@@ -454,6 +499,9 @@ def test_command_line_prints_one_json_object(tmp_path):
     assert (printed["seed"], printed["samples"]) == (11, 7)
     assert (printed["sequences"], printed["time_steps"]) == (3, 5 + 2 + 7)
     assert printed["nll_per_step"] < printed["bound_per_step"]
+    assert printed["bound_per_step"] == pytest.approx(
+        printed["reconstruction_per_step"] + printed["kl_per_step"]
+    )
 
     # The same numbers in process: same model, split, seed and chunks.
     torch.manual_seed(11)
