@@ -56,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--validate",
         action="store_true",
-        help="keep Pyro's and torch's argument validation on (off by default, for speed)",
+        help="keep Pyro's and torch's argument validation on (default: off, for speed)",
     )
     return parser.parse_args()
 
@@ -119,8 +119,9 @@ def main() -> None:
         f"{torch.get_num_threads()} intra-op thread(s), validation {validation}"
     )
     print(
-        f"batch of {len(lengths)} JSB training sequences, lengths {int(lengths.min())}.."
-        f"{int(lengths.max())} ({int(lengths.sum())} steps); DMM {fast_dmm.config.to_dict()}"
+        f"batch of {len(lengths)} JSB training sequences, lengths "
+        f"{int(lengths.min())}..{int(lengths.max())} ({int(lengths.sum())} steps); "
+        f"DMM {fast_dmm.config.to_dict()}"
     )
     print(f"{args.reps} interleaved steps each after {args.warmup} warm-up steps")
     print(f"Pyro SVI + Trace_ELBO step: median {1000 * pyro_median:8.1f} ms")

@@ -95,7 +95,8 @@ class DMMConfig:
                 raise ValueError(f"{field.name} must be >= {smallest}, got {value}")
         if self.rnn_dropout > 0 and self.rnn_layers == 1:
             raise ValueError(
-                "rnn_dropout acts between stacked RNN layers, so it needs rnn_layers > 1; "
+                "rnn_dropout acts between stacked RNN layers, so it needs "
+                "rnn_layers > 1; "
                 f"got rnn_dropout={self.rnn_dropout} with rnn_layers=1"
             )
 
@@ -105,7 +106,7 @@ class DMMConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DMMConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error, missing ones take defaults."""
+        """Inverse of :meth:`to_dict`: unknown keys are errors, missing ones default."""
         known = {field.name for field in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -116,7 +117,7 @@ class DMMConfig:
 
 
 class DMM(nn.Module):
-    """The deep Markov model (``model``) and its structured inference network (``guide``).
+    """The deep Markov model (``model``) and its inference network (``guide``).
 
     Both take a :class:`~dmm_helpers.data.Batch` and an ``annealing_factor``
     ``beta`` that scales every latent site (the KL term) in both programs, so
@@ -147,9 +148,10 @@ class DMM(nn.Module):
         """Raise a clear error unless ``batch`` is a batch this model can score."""
         if torch.jit.is_tracing():
             raise RuntimeError(
-                "the DMM cannot be traced with torch.jit (as JitTrace_ELBO does): its loops "
-                "run over packed sequences whose sizes depend on batch.lengths, which a trace "
-                "would freeze; use Trace_ELBO, TraceMeanField_ELBO or dmm_helpers.elbo.elbo"
+                "the DMM cannot be traced with torch.jit (as JitTrace_ELBO does): "
+                "its loops run over packed sequences whose sizes depend on "
+                "batch.lengths, which a trace would freeze; use Trace_ELBO, "
+                "TraceMeanField_ELBO or dmm_helpers.elbo.elbo"
             )
         for name in Batch._fields:
             if not isinstance(getattr(batch, name, None), torch.Tensor):
@@ -161,7 +163,8 @@ class DMM(nn.Module):
         expected = self.config.input_dim
         if x.dim() != 3:
             raise ValueError(
-                f"batch.x must have shape (batch, time, {expected}); got {tuple(x.shape)}"
+                f"batch.x must have shape (batch, time, {expected}); "
+                f"got {tuple(x.shape)}"
             )
         if x.shape[-1] != expected:
             raise ValueError(
@@ -199,7 +202,8 @@ class DMM(nn.Module):
         steps = torch.arange(x.shape[1], device=batch.mask.device)
         if not torch.equal(batch.mask.bool(), steps < lengths[:, None]):
             raise ValueError(
-                "batch.mask disagrees with batch.lengths: the mask must be 1 exactly on "
+                "batch.mask disagrees with batch.lengths: the mask must be 1 "
+                "exactly on "
                 "the first lengths[b] steps of sequence b"
             )
 
@@ -215,7 +219,7 @@ class DMM(nn.Module):
         return padded  # (batch, time, rnn_dim)
 
     def emission_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
-        """``p(x_t | z_t)`` for ``z`` ``(..., z_dim)``: batch shape ``(...)``, one event dim."""
+        """``p(x_t | z_t)`` for ``z`` ``(..., z_dim)``, with batch shape ``(...)``."""
         return dist.Bernoulli(logits=self.emitter(z)).to_event(1)
 
     def model(self, batch: Batch, annealing_factor: float = 1.0) -> None:
@@ -241,7 +245,7 @@ class DMM(nn.Module):
                 z_prev = z_t
 
     def guide(self, batch: Batch, annealing_factor: float = 1.0) -> None:
-        """The structured posterior ``q(z_{1:T} | x_{1:T}) = prod_t q(z_t | z_{t-1}, x_{t:T})``."""
+        """The structured posterior ``q(z | x) = prod_t q(z_t | z_{t-1}, x_{t:T})``."""
         self.check_batch(batch)
         pyro.module("dmm", self)
         batch_size, t_max, _ = batch.x.shape
@@ -335,9 +339,10 @@ class DMM(nn.Module):
     def generate(
         self, num_sequences: int, num_steps: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ancestral samples from the learned ``z_0``: ``x`` ``(N, T, input_dim)``, ``z``.
+        """Ancestral samples from the learned ``z_0``: ``x`` and ``z``.
 
-        ``z`` is ``(N, T, z_dim)``. For temperatures, seeds and continuing a
+        ``x`` is ``(N, T, input_dim)``, ``z`` ``(N, T, z_dim)``. For temperatures,
+        seeds and continuing a
         given beginning, see :mod:`dmm_helpers.generate`.
         """
         num_sequences = positive_int("num_sequences", num_sequences)
@@ -386,7 +391,8 @@ class LinearGaussianDMM(DMM):
         ):
             if not isinstance(vector, torch.Tensor) or vector.shape != (size,):
                 raise ValueError(
-                    f"{name} must be a tensor of shape ({size},); got {_shape_of(vector)}"
+                    f"{name} must be a tensor of shape ({size},); "
+                    f"got {_shape_of(vector)}"
                 )
         # emission_dim and transition_dim size networks that are replaced below.
         config = DMMConfig(
@@ -406,7 +412,7 @@ class LinearGaussianDMM(DMM):
         self.to(device=A.device, dtype=A.dtype)
 
     def emission_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
-        """``p(x_t | z_t) = N(C z_t, diag(r_scale^2))``: batch shape ``(...)``, one event dim."""
+        """``p(x_t | z_t) = N(C z_t, diag(r_scale^2))``, with batch shape ``(...)``."""
         loc, scale = self.emitter(z)
         return dist.Normal(loc, scale).to_event(1)
 

@@ -67,7 +67,7 @@ def gaussian_kl(
     loc_p: torch.Tensor,
     scale_p: torch.Tensor,
 ) -> torch.Tensor:
-    """``KL(N(loc_q, diag(scale_q^2)) || N(loc_p, diag(scale_p^2)))``, summed over the last dim.
+    """``KL(N(loc_q, diag(scale_q^2)) || N(loc_p, diag(scale_p^2)))``, summed over dims.
 
     ``KL = 1/2 sum_k [r_k^2 + ((loc_q,k - loc_p,k) / scale_p,k)^2 - 1 - 2 log r_k]``
     with ``r = scale_q / scale_p``. Shapes: ``(..., d)`` each -> ``(...)``.
@@ -78,20 +78,21 @@ def gaussian_kl(
 
 
 def _pack(padded: torch.Tensor, lengths: torch.Tensor) -> nn.utils.rnn.PackedSequence:
-    """Keep only the real steps of ``(batch, time, ...)``, time-major, longest sequences first."""
+    """The real steps of ``(batch, time, ...)``, time-major, longest sequences first."""
     return nn.utils.rnn.pack_padded_sequence(
         padded, lengths.cpu(), batch_first=True, enforce_sorted=False
     )
 
 
 class GuideSample(NamedTuple):
-    """One draw ``z_{1:T} ~ q`` on the real steps of a batch, rows as in ``PackedSequence.data``.
+    """One draw ``z_{1:T} ~ q`` on the real steps, rows as in ``PackedSequence.data``.
 
     Attributes:
         loc, scale: ``(N, z_dim)`` of ``q(z_t | z_{t-1}, h_t)`` before any flow.
         z_base: ``(N, z_dim)`` the Gaussian draw ``loc + scale * eps``.
         z: ``(N, z_dim)`` the sample: ``z_base`` pushed through the flows (if any).
-        log_det: ``(N,)`` ``log |det dz / dz_base|`` summed over the flows (zero without).
+        log_det: ``(N,)`` ``log |det dz / dz_base|`` summed over the flows (zero
+            without).
     """
 
     loc: torch.Tensor
@@ -195,7 +196,8 @@ def elbo_terms(
         h = dmm.rnn(batch.x_reversed, batch.lengths)  # packed: .data (N, rnn_dim)
     elif h.data.shape[0] != int(batch.lengths.sum()):
         raise ValueError(
-            f"h holds {h.data.shape[0]} steps but the batch has {int(batch.lengths.sum())}"
+            f"h holds {h.data.shape[0]} steps but the batch has "
+            f"{int(batch.lengths.sum())}"
         )
     if noise is None:
         eps = torch.randn(
@@ -226,7 +228,8 @@ def elbo_terms(
     if kl_estimator == "analytic" and dmm.config.num_iafs == 0:
         kl_t = gaussian_kl(q.loc, q.scale, p_loc, p_scale)  # (N,)
     else:
-        # Change of variables: log q(z) = log N(z_base; loc, scale) - log |det dz / dz_base|.
+        # Change of variables:
+        # log q(z) = log N(z_base; loc, scale) - log |det dz / dz_base|.
         log_q = (
             dist.Normal(q.loc, q.scale).log_prob(q.z_base).sum(-1) - q.log_det
         )  # (N,)
@@ -257,7 +260,7 @@ def elbo(
     *,
     check: bool = True,
 ) -> torch.Tensor:
-    """The single-sample ELBO summed over the batch: ``sum_b (log_lik_b - beta * kl_b)``.
+    """The single-sample ELBO summed over the batch, ``sum_b (log_lik_b - beta kl_b)``.
 
     Equal, on the same draws, to minus the loss of Pyro's
     ``TraceMeanField_ELBO`` (``kl_estimator="analytic"``) or ``Trace_ELBO``

@@ -127,7 +127,7 @@ def importance_sampled_log_likelihood(
     batch_size: int = 20,
     progress: bool = False,
 ) -> Evaluation:
-    """Importance-sampled ``log p(x)`` and the ELBO of each sequence, the guide as proposal.
+    """Importance-sampled log p(x) and the ELBO of each sequence (guide as proposal).
 
     The sequences are taken ``batch_size`` at a time and weighed by
     :func:`importance_weights`: ``log (1/K) sum_k w_k`` is a consistent (and,

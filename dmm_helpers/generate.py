@@ -56,7 +56,8 @@ def _check_model(model: Any) -> None:
         probe = model.emission_dist(model.z_0[None])
     if not isinstance(getattr(probe, "base_dist", probe), dist.Bernoulli):
         raise TypeError(
-            "generating piano rolls needs Bernoulli emissions p(x_t | z_t); this model's "
+            "generating piano rolls needs Bernoulli emissions p(x_t | z_t); "
+            "this model's "
             f"are {type(getattr(probe, 'base_dist', probe)).__name__}"
         )
 
@@ -66,7 +67,7 @@ def _check_temperature(temperature: Any) -> float:
 
 
 def _generator(seed: Any, device: torch.device) -> torch.Generator | None:
-    """A private generator on ``device`` seeded with ``seed``; None (the global one) if no seed."""
+    """A private generator on ``device`` seeded with ``seed``; None (the global one)."""
     if seed is None:
         return None
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -78,7 +79,7 @@ def _generator(seed: Any, device: torch.device) -> torch.Generator | None:
 
 @contextmanager
 def _evaluating(model: DMM) -> Iterator[None]:
-    """Eval mode (no RNN dropout) and no autograd for the duration; the mode is restored after."""
+    """Eval mode (no RNN dropout) and no autograd meanwhile; then the old mode."""
     was_training = model.training
     model.eval()
     try:
@@ -96,7 +97,7 @@ def sample_prior(
     seed: int | None = None,
     temperature: float = 1.0,
 ) -> Generated:
-    """Sample new sequences from the model: ``z_t ~ p(z_t | z_{t-1})``, ``x_t ~ p(x_t | z_t)``.
+    """Sample new sequences: ``z_t ~ p(z_t | z_{t-1})``, ``x_t ~ p(x_t | z_t)``.
 
     Starts from the model's learned ``z_0`` and runs ``length`` steps of the
     gated transition and the emitter, all ``num_sequences`` sequences at
@@ -134,7 +135,7 @@ def continue_sequence(
     num_samples: int = 1,
     temperature: float = 1.0,
 ) -> Generated:
-    """Continue a given beginning ``x_{1:P}``: read it with the guide, then sample the model.
+    """Continue a beginning ``x_{1:P}``: read it with the guide, then sample the model.
 
     1. The guide reads the prefix: the backward RNN summarises ``x_{t:P}``
        into ``h_t``, and the combiner draws

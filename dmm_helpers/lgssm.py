@@ -41,7 +41,7 @@ __all__ = [
 
 
 def _symmetrize(M: torch.Tensor) -> torch.Tensor:
-    """Return (M + M^T) / 2 over the last two dimensions (removes round-off asymmetry)."""
+    """(M + M^T) / 2 over the last two dimensions: removes round-off asymmetry."""
     return 0.5 * (M + M.mT)
 
 
@@ -111,7 +111,7 @@ def _check_model(
 def _check_observations(
     x: torch.Tensor, mask: torch.Tensor | None, obs_dim: int, A: torch.Tensor
 ) -> torch.Tensor:
-    """Validate ``x (batch, time, obs_dim)`` and ``mask``; return a bool mask ``(batch, time)``.
+    """Check ``x`` ``(B, T, obs_dim)`` and ``mask``; the mask as bool ``(B, T)``.
 
     Values of ``x`` at masked steps are never read, so they may be NaN.
     """
@@ -124,7 +124,8 @@ def _check_observations(
         )
     if x.dim() != 3 or x.shape[2] != obs_dim:
         raise ValueError(
-            f"x must have shape (batch, time, obs_dim) with obs_dim={obs_dim} (from C), "
+            "x must have shape (batch, time, obs_dim) with "
+            f"obs_dim={obs_dim} (from C), "
             f"got {tuple(x.shape)}"
         )
     if x.shape[1] == 0:
@@ -151,7 +152,8 @@ def _check_observations(
     if not_finite.any():
         b, t = (int(i) for i in not_finite.nonzero()[0])
         raise ValueError(
-            f"x has a NaN or infinite value at an observed step (sequence {b}, step {t}); "
+            "x has a NaN or infinite value at an observed step "
+            f"(sequence {b}, step {t}); "
             "mark missing observations with mask=0 instead"
         )
     return observed
@@ -164,7 +166,7 @@ def _check_count(name: str, value: int) -> None:
 
 
 class Sample(NamedTuple):
-    """Draws from the model: ``z (batch, time, z_dim)`` and ``x (batch, time, obs_dim)``."""
+    """Draws from the model: ``z (batch, time, z_dim)`` and ``x (batch, time, obs)``."""
 
     z: torch.Tensor
     x: torch.Tensor
@@ -241,7 +243,7 @@ def kalman_filter(
     P0: torch.Tensor,
     mask: torch.Tensor | None = None,
 ) -> FilteredPosterior:
-    """Kalman filter for a batch ``x (B, T, obs_dim)``; ``mask (B, T)`` marks observed steps.
+    """Kalman filter for a batch ``x (B, T, obs_dim)``; ``mask (B, T)`` marks observed.
 
     With ``p(z_t | x_{1:t-1}) = N(mu_{t|t-1}, P_{t|t-1})``, starting from
     ``mu_{1|0} = mu0`` and ``P_{1|0} = P0``:
@@ -252,7 +254,8 @@ def kalman_filter(
     - update with the gain ``K_t = P_{t|t-1} C^T S_t^{-1}`` (a Cholesky solve):
       ``mu_{t|t} = mu_{t|t-1} + K_t r_t`` and, in Joseph form,
       ``P_{t|t} = (I - K_t C) P_{t|t-1} (I - K_t C)^T + K_t R K_t^T``;
-    - a masked step skips the update: ``mu_{t|t} = mu_{t|t-1}``, ``P_{t|t} = P_{t|t-1}``;
+    - a masked step skips the update: ``mu_{t|t} = mu_{t|t-1}``,
+      ``P_{t|t} = P_{t|t-1}``;
     - predict ``mu_{t+1|t} = A mu_{t|t}`` and ``P_{t+1|t} = A P_{t|t} A^T + Q``.
 
     Returns a :class:`FilteredPosterior`.
@@ -270,7 +273,7 @@ def kalman_filter(
         predicted_covs.append(P_pred)
         obs_t = observed[:, t]  # (B,)
         x_pred = mu_pred @ C.mT  # (B, obs_dim)
-        # Missing steps get a zero innovation, so NaN placeholders never enter the graph.
+        # Missing steps get a zero innovation: NaN placeholders never enter the graph.
         r = torch.where(obs_t[:, None], x[:, t], x_pred) - x_pred  # (B, obs_dim)
         S = _symmetrize(C @ P_pred @ C.mT + R)  # (B, obs_dim, obs_dim)
         L_S = torch.linalg.cholesky(S)
@@ -313,7 +316,7 @@ def log_likelihood(
     P0: torch.Tensor,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Exact ``log p(x_{1:T})`` of each sequence in ``x (B, T, obs_dim)``, shape ``(B,)``.
+    """Exact ``log p(x_{1:T})`` of each sequence of ``x (B, T, obs_dim)``: ``(B,)``.
 
     ``sum_t mask_t log N(x_t; C mu_{t|t-1}, C P_{t|t-1} C^T + R)``, the innovation form
     computed by :func:`kalman_filter`; masked steps are marginalised out, so
@@ -345,7 +348,7 @@ def rts_smoother(
     P0: torch.Tensor,
     mask: torch.Tensor | None = None,
 ) -> SmoothedPosterior:
-    """Rauch-Tung-Striebel smoother: ``p(z_t | x_{1:T})`` for a batch ``x (B, T, obs_dim)``.
+    """Rauch-Tung-Striebel smoother: ``p(z_t | x_{1:T})`` for ``x (B, T, obs_dim)``.
 
     Runs :func:`kalman_filter`, then goes backwards from ``t = T - 1``:
 
@@ -390,7 +393,9 @@ def to_pyro_gaussian_hmm(
     P0: torch.Tensor,
     num_steps: int,
 ) -> dist.GaussianHMM:
-    """The same model as a :class:`pyro.distributions.GaussianHMM` over ``(num_steps, obs_dim)``.
+    """The same model as a :class:`pyro.distributions.GaussianHMM`.
+
+    Its events are ``(num_steps, obs_dim)``.
 
     Pyro's GaussianHMM starts from a state ``z_0`` *before* the first
     observation and uses row vectors, ``z_t = z_{t-1} @ M_t + w_t`` and

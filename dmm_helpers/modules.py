@@ -165,7 +165,7 @@ class BackwardRNN(nn.Module):
 
 
 class _ReluRecurrence(torch.autograd.Function):
-    """``h_t = relu(p_t + W h_{t-1})`` over packed steps, backpropagated through time by hand.
+    """``h_t = relu(p_t + W h_{t-1})`` over packed steps, backpropagated by hand.
 
     Forward: ``p`` ``(N, rnn_dim)`` holds ``W_in x_t + b`` of every step, rows
     grouped by step (``sizes[t]`` running sequences each, longest first), and
@@ -221,7 +221,7 @@ class _ReluRecurrence(torch.autograd.Function):
 def _unreversed_rows(
     packed: nn.utils.rnn.PackedSequence, lengths: torch.Tensor
 ) -> torch.Tensor:
-    """Row ``i`` of the forward-time packing is row ``rows[i]`` of the reversed ``packed``.
+    """Row ``i`` of the forward-time packing is row ``rows[i]`` of reversed ``packed``.
 
     Both packings share ``batch_sizes`` and the order of the sequences (that
     depends on ``lengths`` only), so undoing the reversal is one gather of
@@ -238,7 +238,7 @@ def _unreversed_rows(
 
 
 class Combiner(nn.Module):
-    """Parameterises the posterior step ``q(z_t | z_{t-1}, h_t) = N(loc, diag(scale^2))``.
+    """Parameterises the guide's step ``q(z_t | z_{t-1}, h_t) = N(loc, diag(scale^2))``.
 
     ``h_t`` is the backward RNN's summary of ``x_{t:T}``. The combiner
     averages it with a squashed map of the previous state and reads the
@@ -266,14 +266,14 @@ class Combiner(nn.Module):
         )  # rows: loc, then scale
 
     def project_rnn(self, h_rnn: torch.Tensor) -> torch.Tensor:
-        """The ``h_t`` half of the output layer: ``(..., rnn_dim)`` -> ``(..., 2 z_dim)``."""
+        """The ``h_t`` half of the output layer, ``(..., rnn_dim)`` -> ``(..., 2z)``."""
         out = self.hidden_to_loc_scale
         return F.linear(h_rnn / 2, out.weight, out.bias)
 
     def step(
         self, z_prev: torch.Tensor, h_projected: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``loc``, ``scale`` from ``z_{t-1}`` and :meth:`project_rnn`'s output at step ``t``."""
+        """``loc``, ``scale`` from ``z_{t-1}`` and the :meth:`project_rnn` output."""
         z_half = F.linear(
             torch.tanh(self.z_to_hidden(z_prev)) / 2, self.hidden_to_loc_scale.weight
         )

@@ -50,7 +50,7 @@ def recorded_noise(guide_trace: poutine.Trace, num_steps: int) -> torch.Tensor:
 def pyro_elbo(
     dmm: DMM, batch: Batch, annealing_factor: float, objective: type
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pyro's differentiable ELBO and the noise of the guide sample it was computed on."""
+    """Pyro's differentiable ELBO and the noise of the guide sample it scored."""
     traced_guide = poutine.trace(dmm.guide)
     loss = objective(max_plate_nesting=1).differentiable_loss(
         dmm.model, traced_guide, batch, annealing_factor
@@ -282,7 +282,9 @@ def linear_gaussian_setting() -> tuple[LinearGaussianDMM, Batch, torch.Tensor]:
 def monte_carlo(
     dmm: DMM, batch: Batch, copies: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per sequence: mean single-sample ELBO, its standard error, and log mean exp (IWAE)."""
+    """Per sequence: mean single-sample ELBO, its standard error, and log mean exp
+    (IWAE).
+    """
     many = Batch(*(field.repeat_interleave(copies, dim=0) for field in batch))
     with torch.no_grad():
         terms = elbo_terms(dmm, many, kl_estimator="sampled")

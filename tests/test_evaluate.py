@@ -102,7 +102,9 @@ def test_log_mean_exp_is_never_below_the_mean_of_the_same_weights(model, sequenc
 
 
 def test_the_nll_is_below_the_analytic_bound_on_average(model, sequences):
-    """Independent draws: the importance-sampled NLL against ``train.evaluate_bound`` (analytic KL)."""
+    """Independent draws: the importance-sampled NLL against ``train.evaluate_bound``
+    (analytic KL).
+    """
     torch.manual_seed(5)
     nll = evaluate(model, sequences, 50)["nll_per_step"]
     bounds = torch.tensor([train.evaluate_bound(model, sequences) for _ in range(20)])
@@ -164,7 +166,8 @@ NUM_SAMPLES = 23
 
 @pytest.fixture
 def fixed_log_weights(monkeypatch) -> torch.Tensor:
-    """Replace ``elbo_terms`` by a dealer of fixed log-weights; returns the table ``(sequence, K)``.
+    """Replace ``elbo_terms`` by a dealer of fixed log-weights; returns the table
+    ``(sequence, K)``.
 
     Sequence ``i`` is recognised by the note it plays first (key ``i``). Its
     ``k``-th draw, in the order draws are asked for, gets ``table[i, k]``.
@@ -338,7 +341,8 @@ def test_sequences_of_another_width_are_refused(model):
 
 
 def fitted_linear_gaussian_dmm() -> tuple[LinearGaussianDMM, list[torch.Tensor]]:
-    """An LGSSM with 88-dimensional observations, three sequences drawn from it, and a fitted guide.
+    """An LGSSM with 88-dimensional observations, three sequences drawn from it, and a
+    fitted guide.
 
     The guide (backward RNN and combiner; the generative half is fixed) is
     fitted to the three sequences by Adam on the ELBO, eight draws per step,

@@ -120,7 +120,7 @@ def dense_log_likelihood(x, params, mask) -> torch.Tensor:
 
 
 def dense_posterior(x, params, mask):
-    """Per-step means ``(B, T, z)`` and covariances ``(B, T, z, z)`` of ``z | x_obs``."""
+    """Means ``(B, T, z)`` and covariances ``(B, T, z, z)`` of ``z_t | x_obs``."""
     batch, num_steps, obs_dim = x.shape
     z_dim = params["A"].shape[0]
     mean_z, cov_z, mean_x, cov_x, cov_zx = dense_joint(params, num_steps)
@@ -142,7 +142,9 @@ def dense_posterior(x, params, mask):
 
 @st.composite
 def problems(draw, masked: bool):
-    """A random stable system, data sampled from it, and a mask (all ones if not masked)."""
+    """A random stable system, data sampled from it, and a mask (all ones if not
+    masked).
+    """
     z_dim = draw(st.integers(1, 4))
     obs_dim = draw(st.integers(1, 4))
     num_steps = draw(st.integers(1, 30))
@@ -168,7 +170,10 @@ def problems(draw, masked: bool):
 
 
 def test_dense_reference_agrees_with_a_hand_computed_scalar_case():
-    """T = 2, scalar: Var x_1 = P0 + R, Cov(x_1, x_2) = a P0, Var x_2 = a^2 P0 + Q + R."""
+    """T = 2, scalar, by hand.
+
+    Var x_1 = P0 + R, Cov(x_1, x_2) = a P0, Var x_2 = a^2 P0 + Q + R.
+    """
     a, p0, q, r = 0.5, 2.0, 0.3, 0.7
     params = {
         "A": torch.tensor([[a]], dtype=DTYPE),
@@ -298,7 +303,9 @@ def test_smoother_equals_dense_conditioning(problem):
 @HYPOTHESIS
 @given(problem=problems(masked=True))
 def test_filter_equals_dense_conditioning_on_the_past(problem):
-    """p(z_t | x_{1:t}) and p(z_t | x_{1:t-1}) by conditioning on the prefix (mask the rest)."""
+    """p(z_t | x_{1:t}) and p(z_t | x_{1:t-1}) by conditioning on the prefix (mask the
+    rest).
+    """
     params, x, mask = problem
     filtered = lgssm.kalman_filter(x, **params, mask=mask)
     num_steps = x.shape[1]
@@ -425,7 +432,8 @@ def test_float32_follows_the_input_dtype():
 
 
 def test_sample_moments_match_the_analytic_joint():
-    """Every mean and covariance of the stacked (z_{1:T}, x_{1:T}) within its standard error.
+    """Every mean and covariance of the stacked (z_{1:T}, x_{1:T}) within its standard
+    error.
 
     For jointly Gaussian u, v, the sample covariance of N draws has variance
     (s_uu s_vv + s_uv^2) / N and the sample mean has variance s_uu / N.
@@ -560,13 +568,15 @@ BAD_DATA = [
         torch.zeros(5, 3, dtype=DTYPE),
         None,
         ValueError,
-        r"x must have shape \(batch, time, obs_dim\) with obs_dim=3 \(from C\), got \(5, 3\)",
+        r"x must have shape \(batch, time, obs_dim\) with obs_dim=3 \(from C\), "
+        r"got \(5, 3\)",
     ),
     (
         torch.zeros(4, 5, 2, dtype=DTYPE),
         None,
         ValueError,
-        r"x must have shape \(batch, time, obs_dim\) with obs_dim=3 \(from C\), got \(4, 5, 2\)",
+        r"x must have shape \(batch, time, obs_dim\) with obs_dim=3 \(from C\), "
+        r"got \(4, 5, 2\)",
     ),
     (
         torch.zeros(4, 0, 3, dtype=DTYPE),

@@ -31,7 +31,9 @@ LEADING_SHAPES = [(), (5,), (2, 3), (2, 1, 4)]
 
 
 def affine(layer: nn.Linear, u: torch.Tensor) -> torch.Tensor:
-    """``W u + b`` written with an explicit product, independent of ``nn.Linear.forward``."""
+    """``W u + b`` written with an explicit product, independent of
+    ``nn.Linear.forward``.
+    """
     return torch.einsum("oi,...i->...o", layer.weight, u) + layer.bias
 
 
