@@ -37,8 +37,10 @@ from dmm_helpers.modules import (
     BackwardRNN,
     Combiner,
     Emitter,
+    ForwardRNN,
     GatedTransition,
     LinearGaussian,
+    MeanField,
 )
 
 
@@ -47,6 +49,18 @@ def _shape_of(value: object) -> object:
     return (
         tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
     )
+
+
+GUIDES = ("st-r", "st-l", "st-lr", "mf-l", "mf-lr")
+"""The inference networks of Krishnan et al. (2017, table 1), by their names there.
+
+``st`` (structured): ``q(z_t | z_{t-1}, h_t)``, a :class:`Combiner`;
+``mf`` (mean field): ``q(z_t | h_t)``, a :class:`MeanField`. The letters
+after the dash say what ``h_t`` summarises: ``r`` the future ``x_{t:T}``
+(a :class:`BackwardRNN`), ``l`` the past ``x_{1:t}`` (a
+:class:`ForwardRNN`), ``lr`` both. ``st-r`` is the paper's DMM and this
+book's default.
+"""
 
 
 class Generated(NamedTuple):
@@ -67,7 +81,13 @@ class Generated(NamedTuple):
 
 @dataclass(frozen=True)
 class DMMConfig:
-    """Sizes of a :class:`DMM`; the defaults are the paper's and Pyro's for JSB."""
+    """Sizes and guide of a :class:`DMM`.
+
+    The default sizes are those of Pyro's ``examples/dmm.py`` command line for
+    JSB. The authors' code (``parse_args_dkf.py``) has the same ``z_dim`` and
+    RNN size but 200 hidden units in the emitter as well as the transition
+    (``dim_hidden``), and an LSTM where this book has a ReLU RNN.
+    """
 
     input_dim: int = 88  # features per time step (piano keys)
     z_dim: int = 100  # latent state z_t
@@ -78,10 +98,15 @@ class DMMConfig:
     rnn_dropout: float = 0.0  # dropout between RNN layers (needs rnn_layers > 1)
     num_iafs: int = 0  # inverse autoregressive flows in the guide
     iaf_dim: int = 100  # hidden units of each flow's autoregressive network
+    guide: str = "st-r"  # inference network: one of GUIDES
 
     def __post_init__(self) -> None:
+        if self.guide not in GUIDES:
+            raise ValueError(f"guide must be one of {GUIDES}, got {self.guide!r}")
         for field in fields(self):
             value = getattr(self, field.name)
+            if field.name == "guide":
+                continue
             if field.name == "rnn_dropout":
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise TypeError(f"rnn_dropout must be a number, got {value!r}")
@@ -133,16 +158,28 @@ class DMM(nn.Module):
         self.config = config
         self.emitter = Emitter(config.input_dim, config.z_dim, config.emission_dim)
         self.transition = GatedTransition(config.z_dim, config.transition_dim)
-        self.combiner = Combiner(config.z_dim, config.rnn_dim)
-        self.rnn = BackwardRNN(
-            config.input_dim, config.rnn_dim, config.rnn_layers, config.rnn_dropout
-        )
+        # The guide (GUIDES): a structured combiner or a mean-field layer, fed by
+        # a backward RNN (the future), a forward RNN (the past) or both.
+        kind, reads = config.guide.split("-")
+        self.structured = kind == "st"
+        summaries = len(reads)
+        if self.structured:
+            self.combiner = Combiner(config.z_dim, config.rnn_dim, summaries)
+        else:
+            self.mean_field = MeanField(config.z_dim, config.rnn_dim, summaries)
+        rnn_args = (config.input_dim, config.rnn_dim)
+        rnn_args += (config.rnn_layers, config.rnn_dropout)
+        if "r" in reads:
+            self.rnn = BackwardRNN(*rnn_args)
+        if "l" in reads:
+            self.rnn_forward = ForwardRNN(*rnn_args)
         self.iaf_nets = nn.ModuleList(
             AutoRegressiveNN(config.z_dim, [config.iaf_dim])
             for _ in range(config.num_iafs)
         )  # the flows' masked autoregressive networks, shared by all time steps
         self.z_0 = nn.Parameter(torch.zeros(config.z_dim))  # the model's z_0
-        self.z_q_0 = nn.Parameter(torch.zeros(config.z_dim))  # the guide's z_0
+        if self.structured:
+            self.z_q_0 = nn.Parameter(torch.zeros(config.z_dim))  # the guide's z_0
 
     def check_batch(self, batch: Batch) -> None:
         """Raise a clear error unless ``batch`` is a batch this model can score."""
@@ -182,7 +219,7 @@ class DMM(nn.Module):
                 f"{tuple(batch.x_reversed.shape)}, {tuple(batch.mask.shape)}, "
                 f"{tuple(batch.lengths.shape)}"
             )
-        reference = self.z_q_0
+        reference = self.z_0
         if x.dtype != reference.dtype or x.device != reference.device:
             raise TypeError(
                 f"batch is {x.dtype} on {x.device} but the model's parameters are "
@@ -207,16 +244,50 @@ class DMM(nn.Module):
                 "the first lengths[b] steps of sequence b"
             )
 
-    def encode(self, batch: Batch) -> torch.Tensor:
-        """The backward RNN: ``h[:, t]`` summarises ``x_{t:T}``.
+    def summarise(self, batch: Batch) -> nn.utils.rnn.PackedSequence:
+        """The guide's reading of the music, ``h_t`` for every real step, packed.
 
-        Returns ``(batch, time, rnn_dim)``, zero on padded steps.
+        A backward RNN's ``h_t`` summarises ``x_{t:T}`` (guides ``*-r``), a
+        forward RNN's ``x_{1:t}`` (``*-l``). With both (``*-lr``), a
+        structured guide gets their sum and a mean-field guide the two side
+        by side. Rows as ``pack_padded_sequence(..., enforce_sorted=False)``
+        packs ``batch.x``: ``.data`` is ``(N, rnn_dim)``, or ``(N, 2 rnn_dim)``
+        for ``mf-lr``.
         """
-        h = self.rnn(batch.x_reversed, batch.lengths)  # PackedSequence, forward time
+        parts = []
+        if hasattr(self, "rnn_forward"):
+            parts.append(self.rnn_forward(batch.x, batch.lengths))
+        if hasattr(self, "rnn"):
+            parts.append(self.rnn(batch.x_reversed, batch.lengths))
+        data = [part.data for part in parts]  # (N, rnn_dim) each
+        if self.structured:
+            return parts[0]._replace(data=sum(data[1:], data[0]))
+        return parts[0]._replace(data=torch.cat(data, dim=-1))
+
+    def encode(self, batch: Batch) -> torch.Tensor:
+        """:meth:`summarise`, padded: ``h[:, t]`` is what the guide reads at step ``t``.
+
+        For the paper's ST-R guide, the backward RNN: ``h[:, t]`` summarises
+        ``x_{t:T}``. Returns ``(batch, time, rnn_dim)`` (``2 rnn_dim`` for
+        ``mf-lr``), zero on padded steps.
+        """
         padded, _ = nn.utils.rnn.pad_packed_sequence(
-            h, batch_first=True, total_length=batch.x.shape[1]
+            self.summarise(batch), batch_first=True, total_length=batch.x.shape[1]
         )
         return padded  # (batch, time, rnn_dim)
+
+    def guide_step(
+        self, z_prev: torch.Tensor | None, h_t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``loc``, ``scale`` of ``q(z_t | z_{t-1}, h_t)``, or of ``q(z_t | h_t)``.
+
+        A structured guide combines ``z_{t-1}`` with ``h_t`` (:class:`Combiner`);
+        a mean-field guide reads ``h_t`` alone (:class:`MeanField`) and ignores
+        ``z_prev``.
+        """
+        if self.structured:
+            return self.combiner(z_prev, h_t)
+        return self.mean_field(h_t)
 
     def emission_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
         """``p(x_t | z_t)`` for ``z`` ``(..., z_dim)``, with batch shape ``(...)``."""
@@ -245,16 +316,20 @@ class DMM(nn.Module):
                 z_prev = z_t
 
     def guide(self, batch: Batch, annealing_factor: float = 1.0) -> None:
-        """The structured posterior ``q(z | x) = prod_t q(z_t | z_{t-1}, x_{t:T})``."""
+        """The posterior ``q(z | x) = prod_t q(z_t | z_{t-1}, h_t)`` (structured).
+
+        ``h_t`` summarises ``x_{t:T}`` for the paper's ST-R guide; a mean-field
+        guide drops ``z_{t-1}`` (see :data:`GUIDES` and :meth:`guide_step`).
+        """
         self.check_batch(batch)
         pyro.module("dmm", self)
         batch_size, t_max, _ = batch.x.shape
         mask = batch.mask.bool()  # (batch, time)
         h = self.encode(batch)  # (batch, time, rnn_dim)
-        z_prev = self.z_q_0.expand(batch_size, -1)  # (batch, z_dim)
+        z_prev = self.z_q_0.expand(batch_size, -1) if self.structured else None
         with pyro.plate("sequences", batch_size, dim=-1):
             for t in pyro.markov(range(t_max)):
-                loc, scale = self.combiner(z_prev, h[:, t])  # (batch, z_dim) each
+                loc, scale = self.guide_step(z_prev, h[:, t])  # (batch, z_dim) each
                 q_t = dist.Normal(loc, scale).to_event(1)
                 if self.config.num_iafs > 0:
                     q_t = dist.TransformedDistribution(q_t, self.iaf_transforms())
@@ -357,7 +432,7 @@ class LinearGaussianDMM(DMM):
     ``p(x_t | z_t) = N(C z_t, diag(r_scale^2))`` from a fixed ``z_0``: the
     LGSSM of chapter 01 with ``mu0 = A z_0`` and ``P0 = Q``, whose exact
     log-likelihood the Kalman filter computes (:meth:`lgssm_params`). The
-    guide is the DMM's own (backward RNN, combiner, optional flows), so the
+    guide is the DMM's own (any of :data:`GUIDES`, optional flows), so the
     gap between the ELBO and the exact ``log p(x)`` is the guide's alone.
     ``A``, ``C``, the scales and ``z_0`` are buffers: training changes only
     the guide. The module takes the device and dtype of ``A``.
@@ -374,6 +449,7 @@ class LinearGaussianDMM(DMM):
         rnn_dim: int = 64,
         num_iafs: int = 0,
         iaf_dim: int = 32,
+        guide: str = "st-r",
     ) -> None:
         if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != A.shape[1]:
             raise ValueError(
@@ -403,6 +479,7 @@ class LinearGaussianDMM(DMM):
             rnn_dim=rnn_dim,
             num_iafs=num_iafs,
             iaf_dim=iaf_dim,
+            guide=guide,
         )
         super().__init__(config)
         self.transition = LinearGaussian(A, q_scale)

@@ -102,18 +102,37 @@ class GuideSample(NamedTuple):
     log_det: torch.Tensor
 
 
+def through_flows(dmm: DMM, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Push ``z`` ``(n, z_dim)`` through the guide's flows: ``(z', log |det dz'/dz|)``.
+
+    Without flows (``num_iafs = 0``), ``z`` itself and zeros ``(n,)``.
+    """
+    log_det = torch.zeros_like(z[:, 0])  # (n,)
+    for flow in dmm.iaf_transforms():  # none unless num_iafs > 0
+        z_next = flow(z)
+        log_det = log_det + flow.log_abs_det_jacobian(z, z_next)
+        z = z_next
+    return z, log_det
+
+
 def sample_guide(
     dmm: DMM, h: nn.utils.rnn.PackedSequence, eps: torch.Tensor
 ) -> GuideSample:
-    """The guide's combiner loop, the ELBO's only sequential part.
+    """The guide's loop over time, the ELBO's only sequential part.
 
-    ``h`` is the backward RNN's output (``dmm.rnn``), ``eps`` ``(N, z_dim)``
-    standard normal draws in the same row order. Rows of step ``t`` belong to
-    the ``batch_sizes[t]`` sequences still running, longest first, so each
-    step updates a prefix of the previous states. The combiner's ``h_t`` half
-    is computed for all steps in one product first, so each step adds only
-    the ``z_{t-1}`` half.
+    ``h`` is the guide's reading of the batch (:meth:`DMM.summarise`; for
+    the paper's ST-R guide, the backward RNN's output), ``eps`` ``(N,
+    z_dim)`` standard normal draws in the same row order. Rows of step ``t``
+    belong to the ``batch_sizes[t]`` sequences still running, longest
+    first, so each step updates a prefix of the previous states. The
+    combiner's ``h_t`` half is computed for all steps in one product first,
+    so each step adds only the ``z_{t-1}`` half. A mean-field guide has no
+    ``z_{t-1}``: all its steps are drawn at once.
     """
+    if not dmm.structured:
+        loc, scale = dmm.mean_field(h.data)  # (N, z_dim) each
+        z_base = loc + scale * eps  # reparameterised
+        return GuideSample(loc, scale, z_base, *through_flows(dmm, z_base))
     sizes = h.batch_sizes.tolist()  # sequences still running at each step
     h_projected = dmm.combiner.project_rnn(h.data)  # (N, 2 z_dim)
     z_prev = dmm.z_q_0.expand(sizes[0], -1)  # (batch, z_dim)
@@ -121,17 +140,12 @@ def sample_guide(
     for h_t, eps_t in zip(h_projected.split(sizes), eps.split(sizes)):
         running = h_t.shape[0]
         loc, scale = dmm.combiner.step(z_prev[:running], h_t)  # (running, z_dim) each
-        z_t = (
-            loc + scale * eps_t
-        )  # reparameterised: gradients flow through loc and scale
+        # Reparameterised: gradients flow through loc and scale.
+        z_base = loc + scale * eps_t
+        z_t, log_det = through_flows(dmm, z_base)
         locs.append(loc)
         scales.append(scale)
-        z_bases.append(z_t)
-        log_det = torch.zeros_like(z_t[:, 0])  # (running,)
-        for flow in dmm.iaf_transforms():  # none unless num_iafs > 0
-            z_next = flow(z_t)
-            log_det = log_det + flow.log_abs_det_jacobian(z_t, z_next)
-            z_t = z_next
+        z_bases.append(z_base)
         log_dets.append(log_det)
         zs.append(z_t)
         z_prev = z_t
@@ -172,7 +186,7 @@ def elbo_terms(
             guide's Gaussian draw at step ``t`` is ``loc_t + scale_t * eps_t``
             (entries at padded steps are ignored). Default: fresh draws. Pass
             them to reproduce a given sample.
-        h: the backward RNN's output for ``batch``, packed as ``dmm.rnn``
+        h: the guide's reading of ``batch``, packed as :meth:`DMM.summarise`
             returns it. Default: computed here. Pass it when it is known
             already, e.g. for copies of the same sequences.
         check: check ``batch`` against the model (:meth:`DMM.check_batch`).
@@ -193,7 +207,7 @@ def elbo_terms(
     batch_size, t_max, _ = batch.x.shape
     z_dim = dmm.config.z_dim
     if h is None:
-        h = dmm.rnn(batch.x_reversed, batch.lengths)  # packed: .data (N, rnn_dim)
+        h = dmm.summarise(batch)  # packed: .data (N, rnn_dim)
     elif h.data.shape[0] != int(batch.lengths.sum()):
         raise ValueError(
             f"h holds {h.data.shape[0]} steps but the batch has "

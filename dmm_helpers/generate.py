@@ -174,7 +174,7 @@ def continue_sequence(
     num_steps = positive_int("num_steps", num_steps)
     num_samples = positive_int("num_samples", num_samples)
     temperature = _check_temperature(temperature)
-    parameter = model.z_q_0
+    parameter = model.z_0
     values = as_roll(
         prefix, binary=True, width=model.config.input_dim
     )  # (P, input_dim)

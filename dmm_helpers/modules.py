@@ -95,33 +95,31 @@ class GatedTransition(nn.Module):
         return loc, scale
 
 
-class BackwardRNN(nn.Module):
-    """Summarises the future of each sequence for the guide: ``h_t`` from ``x_{t:T}``.
+class ForwardRNN(nn.Module):
+    """Summarises the past of each sequence: ``h_t`` from ``x_{1:t}``.
 
-    An Elman RNN with ReLU run backwards in time, from ``h_{T+1} = h_0``
-    (learned) down to ``t = 1``:
+    An Elman RNN with ReLU, from ``h_0`` (learned):
 
-    ``h_t = relu(W_in x_t + b + W_rec h_{t+1})``,
+    ``h_t = relu(W_in x_t + b + W_rec h_{t-1})``,
 
     the recursion of ``torch.nn.RNN(nonlinearity="relu")``, with its
     initialisation. Stacked layers feed each layer's outputs (with dropout
-    while training) to the next; ``h_t`` is the last layer's.
+    while training) to the next; ``h_t`` is the last layer's. The guides
+    ``st-l``, ``st-lr``, ``mf-l`` and ``mf-lr`` read the music with it;
+    :class:`BackwardRNN` is the same network run backwards in time.
 
-    Running backwards is running forwards over ``x_reversed``, each sequence
-    reversed within its own length. The loop is written out rather than
-    calling ``nn.RNN``, for speed on a CPU: it runs over a packed batch, so
-    no padded step is computed; ``W_in x + b`` is one product for all steps;
-    and the recursion's backward pass is written out too
-    (:class:`_ReluRecurrence`), with ``W_rec``'s gradient one product over all
-    steps instead of one per step.
+    The loop is written out rather than calling ``nn.RNN``, for speed on a
+    CPU: it runs over a packed batch, so no padded step is computed;
+    ``W_in x + b`` is one product for all steps; and the recursion's backward
+    pass is written out too (:class:`_ReluRecurrence`), with ``W_rec``'s
+    gradient one product over all steps instead of one per step.
 
-    Shapes: ``x_reversed`` ``(batch, time, input_dim)`` (see
-    :func:`~dmm_helpers.data.reverse_sequences`), ``lengths`` ``(batch,)`` ->
-    a ``PackedSequence`` of ``h`` in *forward* time order: ``.data`` is
-    ``(N, rnn_dim)`` for the ``N = lengths.sum()`` real steps, time-major,
-    longest sequences first (as ``pack_padded_sequence(h, lengths,
-    batch_first=True, enforce_sorted=False)`` would give);
-    ``pad_packed_sequence`` turns it into ``(batch, time, rnn_dim)``.
+    Shapes: ``x`` ``(batch, time, input_dim)``, ``lengths`` ``(batch,)`` -> a
+    ``PackedSequence`` of ``h``: ``.data`` is ``(N, rnn_dim)`` for the ``N =
+    lengths.sum()`` real steps, time-major, longest sequences first (as
+    ``pack_padded_sequence(h, lengths, batch_first=True,
+    enforce_sorted=False)`` would give); ``pad_packed_sequence`` turns it into
+    ``(batch, time, rnn_dim)``.
     """
 
     def __init__(
@@ -143,10 +141,10 @@ class BackwardRNN(nn.Module):
                 nn.init.uniform_(weight, -bound, bound)
 
     def forward(
-        self, x_reversed: torch.Tensor, lengths: torch.Tensor
+        self, x: torch.Tensor, lengths: torch.Tensor
     ) -> nn.utils.rnn.PackedSequence:
         packed = nn.utils.rnn.pack_padded_sequence(
-            x_reversed, lengths.cpu(), batch_first=True, enforce_sorted=False
+            x, lengths.cpu(), batch_first=True, enforce_sorted=False
         )  # real steps only, time-major, longest sequences first
         sizes = packed.batch_sizes.tolist()  # sequences still running at each step
         inputs = packed.data  # (N, input_dim)
@@ -155,13 +153,37 @@ class BackwardRNN(nn.Module):
         ):
             if layer > 0:
                 inputs = F.dropout(inputs, self.dropout, self.training)
-            projected = to_hidden(
-                inputs
-            )  # (N, rnn_dim): W_in x + b for every step at once
+            # W_in x + b for every step at once: (N, rnn_dim)
+            projected = to_hidden(inputs)
             inputs = _ReluRecurrence.apply(
                 projected, self.h_0[layer], recurrent.weight, sizes
             )
-        return packed._replace(data=inputs[_unreversed_rows(packed, lengths)])
+        return packed._replace(data=inputs)
+
+
+class BackwardRNN(ForwardRNN):
+    """Summarises the future of each sequence for the guide: ``h_t`` from ``x_{t:T}``.
+
+    The :class:`ForwardRNN` run backwards in time, from ``h_{T+1} = h_0``
+    (learned) down to ``t = 1``:
+
+    ``h_t = relu(W_in x_t + b + W_rec h_{t+1})``.
+
+    Running backwards is running forwards over ``x_reversed``, each sequence
+    reversed within its own length; the outputs are then put back in
+    forward time order, so ``h_t`` sits in the row of step ``t``.
+
+    Shapes: ``x_reversed`` ``(batch, time, input_dim)`` (see
+    :func:`~dmm_helpers.data.reverse_sequences`), ``lengths`` ``(batch,)`` ->
+    a ``PackedSequence`` of ``h`` in *forward* time order, packed as
+    :class:`ForwardRNN` packs.
+    """
+
+    def forward(
+        self, x_reversed: torch.Tensor, lengths: torch.Tensor
+    ) -> nn.utils.rnn.PackedSequence:
+        h = super().forward(x_reversed, lengths)  # rows in reversed time
+        return h._replace(data=h.data[_unreversed_rows(h, lengths)])
 
 
 class _ReluRecurrence(torch.autograd.Function):
@@ -240,43 +262,46 @@ def _unreversed_rows(
 class Combiner(nn.Module):
     """Parameterises the guide's step ``q(z_t | z_{t-1}, h_t) = N(loc, diag(scale^2))``.
 
-    ``h_t`` is the backward RNN's summary of ``x_{t:T}``. The combiner
-    averages it with a squashed map of the previous state and reads the
-    Gaussian's parameters off the average with one affine layer
-    ``(W_loc; W_scale)``:
+    ``h_t`` is the RNN's summary of the music (of ``x_{t:T}`` for the paper's
+    ST-R guide). The combiner averages it with a squashed map of the previous
+    state and reads the Gaussian's parameters off the average with one
+    affine layer ``(W_loc; W_scale)``:
 
     - ``c_t = (tanh(W_z z_{t-1} + b_z) + h_t) / 2``
     - ``loc = W_loc c_t + b_loc``, ``scale = softplus(W_scale c_t + b_scale)``
 
-    Because the output layer is affine, its ``h_t`` half,
+    With ``num_summaries = 2`` (the ST-LR guide), ``h_t`` is the sum of a
+    forward and a backward RNN's states and the average is over three terms,
+    ``c_t = (tanh(W_z z_{t-1} + b_z) + h_t) / 3``, as in the authors' code.
+
+    Because the output layer is affine, its ``h_t`` part,
     ``(W_loc; W_scale) h_t / 2 + (b_loc; b_scale)``, does not depend on
     ``z_{t-1}``: :meth:`project_rnn` computes it for every time step in one
-    matrix product, and :meth:`step` adds the ``z_{t-1}`` half, the only part
+    matrix product, and :meth:`step` adds the ``z_{t-1}`` part, the only part
     that must wait for the previous sample. ``forward`` is the two composed.
 
     Shapes: ``z_prev`` ``(..., z_dim)``, ``h_rnn`` ``(..., rnn_dim)`` (any
     broadcastable leading shapes) -> ``loc``, ``scale`` ``(..., z_dim)``.
     """
 
-    def __init__(self, z_dim: int, rnn_dim: int) -> None:
+    def __init__(self, z_dim: int, rnn_dim: int, num_summaries: int = 1) -> None:
         super().__init__()
+        self.terms = num_summaries + 1  # averaged: the summaries and the z part
         self.z_to_hidden = nn.Linear(z_dim, rnn_dim)
-        self.hidden_to_loc_scale = nn.Linear(
-            rnn_dim, 2 * z_dim
-        )  # rows: loc, then scale
+        # rows: loc, then scale
+        self.hidden_to_loc_scale = nn.Linear(rnn_dim, 2 * z_dim)
 
     def project_rnn(self, h_rnn: torch.Tensor) -> torch.Tensor:
-        """The ``h_t`` half of the output layer, ``(..., rnn_dim)`` -> ``(..., 2z)``."""
+        """The ``h_t`` part of the output layer, ``(..., rnn_dim)`` -> ``(..., 2z)``."""
         out = self.hidden_to_loc_scale
-        return F.linear(h_rnn / 2, out.weight, out.bias)
+        return F.linear(h_rnn / self.terms, out.weight, out.bias)
 
     def step(
         self, z_prev: torch.Tensor, h_projected: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``loc``, ``scale`` from ``z_{t-1}`` and the :meth:`project_rnn` output."""
-        z_half = F.linear(
-            torch.tanh(self.z_to_hidden(z_prev)) / 2, self.hidden_to_loc_scale.weight
-        )
+        z_part = torch.tanh(self.z_to_hidden(z_prev)) / self.terms
+        z_half = F.linear(z_part, self.hidden_to_loc_scale.weight)
         loc, scale_arg = (z_half + h_projected).chunk(2, dim=-1)  # (..., z_dim) each
         return loc, F.softplus(scale_arg)
 
@@ -284,6 +309,41 @@ class Combiner(nn.Module):
         self, z_prev: torch.Tensor, h_rnn: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.step(z_prev, self.project_rnn(h_rnn))
+
+
+class MeanField(nn.Module):
+    """Parameterises a mean-field guide's step ``q(z_t | h_t) = N(loc, diag(scale^2))``.
+
+    No ``z_{t-1}``: given the RNN summaries, the ``z_t`` are independent.
+    Each of the ``num_summaries`` summaries (a forward RNN's ``h_t`` of
+    ``x_{1:t}``, a backward RNN's of ``x_{t:T}``) gives a Gaussian with one
+    affine layer, ``loc_i = W_i h_i + b_i``, ``scale_i = softplus(V_i h_i +
+    c_i)``; two are combined as the authors' MF-LR guide does, by their
+    product, normalised: precisions add,
+    ``1 / scale^2 = 1 / scale_1^2 + 1 / scale_2^2``, and
+    ``loc = scale^2 (loc_1 / scale_1^2 + loc_2 / scale_2^2)``.
+
+    Shapes: ``h`` ``(..., num_summaries * rnn_dim)``, the summaries side by
+    side -> ``loc``, ``scale`` ``(..., z_dim)``.
+    """
+
+    def __init__(self, z_dim: int, rnn_dim: int, num_summaries: int = 1) -> None:
+        super().__init__()
+        self.rnn_dim = rnn_dim
+        self.hidden_to_loc_scale = nn.ModuleList(
+            nn.Linear(rnn_dim, 2 * z_dim) for _ in range(num_summaries)
+        )
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        precision, weighted_loc = 0, 0
+        for layer, h_i in zip(self.hidden_to_loc_scale, h.split(self.rnn_dim, -1)):
+            loc_i, scale_arg = layer(h_i).chunk(2, dim=-1)  # (..., z_dim) each
+            if len(self.hidden_to_loc_scale) == 1:
+                return loc_i, F.softplus(scale_arg)
+            precision_i = F.softplus(scale_arg).pow(-2)
+            precision = precision + precision_i
+            weighted_loc = weighted_loc + precision_i * loc_i
+        return weighted_loc / precision, precision.rsqrt()
 
 
 class LinearGaussian(nn.Module):

@@ -1,10 +1,11 @@
-"""What several test files share: the JSB file's location, small models, random batches."""
+"""What several test files share: the JSB file, small models, random batches."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from dmm_helpers.data import Batch, make_batch
@@ -19,6 +20,25 @@ JSB_PATH = Path(
     / "data"
     / "jsb-chorales-quarter.json"
 )
+
+
+def require_jsb() -> Path:
+    """:data:`JSB_PATH`, for a test that needs the canonical file.
+
+    When the file is missing the test fails if ``CI`` is set (a CI run that
+    skipped the real data would pass without testing it) and is skipped
+    otherwise, saying where the file should be.
+    """
+    if JSB_PATH.is_file():
+        return JSB_PATH
+    message = (
+        f"the canonical JSB file is not at {JSB_PATH}; set DMM_JSB_PATH to a copy "
+        "(see ../shared/data/README.md)"
+    )
+    if "CI" in os.environ:
+        pytest.fail(f"{message}. CI is set, so a missing file fails the test")
+    pytest.skip(message)
+
 
 SMALL = DMMConfig(
     input_dim=88, z_dim=3, emission_dim=5, transition_dim=6, rnn_dim=7, iaf_dim=4
@@ -37,11 +57,13 @@ def random_batch(
     return make_batch(rolls)
 
 
-def small_dmm(num_iafs: int = 0, seed: int = 0) -> DMM:
+def small_dmm(num_iafs: int = 0, seed: int = 0, guide: str = "st-r") -> DMM:
     """A tiny float64 DMM whose learned starts are away from zero, so they matter."""
     torch.manual_seed(seed)
-    dmm = DMM(DMMConfig(**{**SMALL.to_dict(), "num_iafs": num_iafs})).double()
+    config = DMMConfig(**{**SMALL.to_dict(), "num_iafs": num_iafs, "guide": guide})
+    dmm = DMM(config).double()
     with torch.no_grad():
-        for start in (dmm.z_0, dmm.z_q_0, dmm.rnn.h_0):
-            start.normal_()
+        for name, start in dmm.named_parameters():
+            if name in ("z_0", "z_q_0") or name.endswith("h_0"):
+                start.normal_()
     return dmm

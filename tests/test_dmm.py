@@ -41,7 +41,7 @@ def _fresh_pyro() -> None:
 # ---------------------------------------------------------------- config
 
 
-def test_config_defaults_are_the_papers_sizes() -> None:
+def test_config_defaults_are_pyros_example_sizes() -> None:
     assert DMMConfig().to_dict() == {
         "input_dim": 88,
         "z_dim": 100,
@@ -52,6 +52,7 @@ def test_config_defaults_are_the_papers_sizes() -> None:
         "rnn_dropout": 0.0,
         "num_iafs": 0,
         "iaf_dim": 100,
+        "guide": "st-r",
     }
 
 
@@ -235,6 +236,75 @@ def test_encode_summarises_only_the_future() -> None:
         h_changed = dmm.encode(make_batch([changed]))[0]
         assert torch.allclose(h_changed[t + 1 :], h[t + 1 :], rtol=1e-12, atol=1e-12)
         assert not torch.allclose(h_changed[t], h[t])
+
+
+@pytest.mark.parametrize(
+    ("guide", "sees_past", "sees_future"),
+    [
+        ("st-r", False, True),
+        ("st-l", True, False),
+        ("mf-l", True, False),
+        ("st-lr", True, True),
+        ("mf-lr", True, True),
+    ],
+)
+def test_each_guide_reads_the_steps_its_name_says(
+    guide: str, sees_past: bool, sees_future: bool
+) -> None:
+    # h_t must depend on x_t always, on x_{<t} only with a forward RNN (l) and
+    # on x_{>t} only with a backward RNN (r).
+    dmm = small_dmm(guide=guide)
+    x = random_batch([6]).x[0]
+    h = dmm.encode(make_batch([x]))[0]  # (time, summary)
+    t = 3
+    changed = x.clone()
+    changed[t] = 1 - changed[t]  # flip every note at step t
+    h_changed = dmm.encode(make_batch([changed]))[0]
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+    assert not same(h_changed[t], h[t])
+    assert same(h_changed[t + 1 :], h[t + 1 :]) != sees_past
+    assert same(h_changed[:t], h[:t]) != sees_future
+
+
+def test_mean_field_guides_drop_the_previous_state() -> None:
+    dmm = small_dmm(guide="mf-lr")
+    assert not hasattr(dmm, "z_q_0") and not hasattr(dmm, "combiner")
+    h = dmm.encode(random_batch([4]))[0]  # (time, 2 rnn_dim)
+    assert h.shape[-1] == 2 * dmm.config.rnn_dim
+    some_state = torch.randn(4, dmm.config.z_dim, dtype=torch.float64)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(dmm.guide_step(None, h), dmm.guide_step(some_state, h))
+    )
+
+
+def test_mf_lr_multiplies_the_two_gaussians() -> None:
+    # The normalised product of N(loc_1, s_1^2) and N(loc_2, s_2^2): its log
+    # density differs from the sum of theirs by a constant in z.
+    dmm = small_dmm(guide="mf-lr")
+    h = dmm.encode(random_batch([3]))[0, 1]  # (2 rnn_dim,) one step
+    loc, scale = dmm.mean_field(h)
+    h_l, h_r = h.split(dmm.config.rnn_dim)
+    parts = []
+    for layer, h_i in zip(dmm.mean_field.hidden_to_loc_scale, (h_l, h_r)):
+        loc_i, scale_arg = layer(h_i).chunk(2)
+        parts.append(dist.Normal(loc_i, nn.functional.softplus(scale_arg)))
+    z = torch.randn(5, dmm.config.z_dim, dtype=torch.float64)
+    difference = dist.Normal(loc, scale).log_prob(z) - sum(
+        part.log_prob(z) for part in parts
+    )  # (5, z_dim): the same row five times
+    assert torch.allclose(difference, difference[:1].expand_as(difference))
+
+
+def test_a_config_without_a_guide_is_the_papers_st_r() -> None:
+    values = DMMConfig().to_dict()
+    del values["guide"]  # as in checkpoints written before guides were a choice
+    assert DMMConfig.from_dict(values).guide == "st-r"
+    with pytest.raises(ValueError, match="guide must be one of"):
+        DMMConfig(guide="st-x")
 
 
 def test_encode_of_a_padded_batch_equals_each_sequence_alone() -> None:

@@ -23,7 +23,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from dmm_helpers import lgssm
 from dmm_helpers.data import Batch, make_batch, reverse_sequences
-from dmm_helpers.dmm import DMM, LinearGaussianDMM
+from dmm_helpers.dmm import DMM, GUIDES, LinearGaussianDMM
 from dmm_helpers.elbo import elbo, elbo_terms, gaussian_kl
 
 RTOL = 1e-9  # float64; the acceptance criterion is 1e-4
@@ -107,10 +107,11 @@ def test_gaussian_kl_equals_torch_kl_divergence() -> None:
     [(TraceMeanField_ELBO, "analytic"), (Trace_ELBO, "sampled")],
     ids=["TraceMeanField_ELBO", "Trace_ELBO"],
 )
+@pytest.mark.parametrize("guide", GUIDES)
 def test_fast_elbo_equals_pyros_on_the_same_draws(
-    lengths: list[int], annealing_factor: float, objective: type, kl: str
+    lengths: list[int], annealing_factor: float, objective: type, kl: str, guide: str
 ) -> None:
-    dmm = small_dmm()
+    dmm = small_dmm(guide=guide)
     batch = random_batch(lengths)
     expected, noise = pyro_elbo(dmm, batch, annealing_factor, objective)
     value = elbo(dmm, batch, annealing_factor, kl_estimator=kl, noise=noise)
@@ -130,10 +131,13 @@ def test_fast_elbo_equals_pyros_on_the_same_draws(
         assert not torch.allclose(changed, expected, rtol=1e-6, atol=0.0)
 
 
+@pytest.mark.parametrize("guide", ["st-r", "mf-lr"])
 @pytest.mark.parametrize("num_iafs", [1, 2])
 @pytest.mark.parametrize("kl", ["analytic", "sampled"])
-def test_fast_elbo_with_flows_equals_pyros_sampled_kl(num_iafs: int, kl: str) -> None:
-    dmm = small_dmm(num_iafs)
+def test_fast_elbo_with_flows_equals_pyros_sampled_kl(
+    num_iafs: int, kl: str, guide: str
+) -> None:
+    dmm = small_dmm(num_iafs, guide=guide)
     batch = random_batch([4, 2, 3])
     # TraceMeanField_ELBO finds no closed-form KL for a flow and samples it,
     # so both of Pyro's objectives give the same number on the same draws.
@@ -157,11 +161,13 @@ def test_sample_equals_the_guides() -> None:
         assert torch.equal(terms.z[b, length:], torch.zeros_like(terms.z[b, length:]))
 
 
-@pytest.mark.parametrize("num_iafs", [0, 2])
-def test_per_step_terms_equal_pyros_site_by_site(num_iafs: int) -> None:
+@pytest.mark.parametrize(
+    ("num_iafs", "guide"), [(0, "st-r"), (2, "st-r"), (0, "st-lr"), (1, "mf-l")]
+)
+def test_per_step_terms_equal_pyros_site_by_site(num_iafs: int, guide: str) -> None:
     # Pyro scores each step at its own sample sites x_t and z_t: the fast
     # ELBO's per-step terms must be those numbers, zero on padded steps.
-    dmm = small_dmm(num_iafs=num_iafs)
+    dmm = small_dmm(num_iafs=num_iafs, guide=guide)
     batch = random_batch([4, 2, 3])
     guide_trace = poutine.trace(dmm.guide).get_trace(batch)
     model_trace = poutine.trace(poutine.replay(dmm.model, trace=guide_trace)).get_trace(
@@ -189,10 +195,14 @@ def test_per_step_terms_equal_pyros_site_by_site(num_iafs: int) -> None:
 # ---------------------------------------------------------------- masking
 
 
-@pytest.mark.parametrize("num_iafs", [0, 1])
+@pytest.mark.parametrize(
+    ("num_iafs", "guide"), [(0, "st-r"), (1, "st-r"), *((0, g) for g in GUIDES[1:])]
+)
 @pytest.mark.parametrize("kl", ["analytic", "sampled"])
-def test_padded_batch_equals_its_sequences_run_alone(num_iafs: int, kl: str) -> None:
-    dmm = small_dmm(num_iafs)
+def test_padded_batch_equals_its_sequences_run_alone(
+    num_iafs: int, kl: str, guide: str
+) -> None:
+    dmm = small_dmm(num_iafs, guide=guide)
     lengths = [5, 2, 4, 1]
     batch = random_batch(lengths)
     noise = torch.randn(4, 5, SMALL.z_dim, dtype=torch.float64)
@@ -211,8 +221,9 @@ def test_padded_batch_equals_its_sequences_run_alone(num_iafs: int, kl: str) -> 
     )
 
 
-def test_what_lies_in_the_padding_changes_nothing() -> None:
-    dmm = small_dmm()
+@pytest.mark.parametrize("guide", GUIDES)
+def test_what_lies_in_the_padding_changes_nothing(guide: str) -> None:
+    dmm = small_dmm(guide=guide)
     batch = random_batch([5, 2, 4])
     noise = torch.randn(3, 5, SMALL.z_dim, dtype=torch.float64)
     padding = batch.mask == 0  # (batch, time)
