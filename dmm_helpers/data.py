@@ -15,7 +15,9 @@ each a list of such rolls:
 - :func:`load_bach_chorales` -- an offline stand-in built from the Bach
   chorales bundled with music21;
 - :func:`load_sequences` -- a reader's own music: a JSON file in the JSB
-  format or a folder of MIDI/MusicXML files.
+  format or a folder of MIDI/MusicXML files;
+- :func:`load_data` -- one of these by the name or path that the training
+  and evaluation commands take (``--data jsb``, ``bach`` or a path).
 
 On disk the format is JSON, never pickle: an object with the three splits, each
 a list of sequences, each sequence a list of time steps, each time step a list
@@ -30,7 +32,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+
+from dmm_helpers.checks import atomic_write, positive_int, write_bytes
 
 NUM_NOTES = 88  # keys of a piano
 LOWEST_NOTE = 21  # MIDI number of A0, column 0 of a piano roll
@@ -88,7 +91,8 @@ def _validate_notes(data: Any, source: str) -> None:
     for split in SPLITS:
         if split not in data:
             raise ValueError(
-                f"{source}: missing split {split!r} (found keys {sorted(map(str, data))})"
+                f"{source}: missing split {split!r} "
+                f"(found keys {sorted(map(str, data))})"
             )
     extra = sorted(str(key) for key in data if key not in SPLITS)
     if extra:
@@ -105,11 +109,21 @@ def _validate_notes(data: Any, source: str) -> None:
         if split == "train" and not sequences:
             raise ValueError(f"{source}: split 'train' holds no sequences")
         for i, sequence in enumerate(sequences):
-            _validate_sequence(sequence, f"{source}: split {split!r}, sequence {i}")
+            validate_sequence(sequence, f"{source}: split {split!r}, sequence {i}")
 
 
-def _validate_sequence(sequence: Any, where: str) -> None:
-    """Raise unless ``sequence`` is a non-empty list of lists of ints in 21..108."""
+def validate_sequence(sequence: Any, where: str) -> None:
+    """Raise unless ``sequence`` is a non-empty list of lists of ints in 21..108.
+
+    ``sequence`` holds the MIDI notes of each time step (the JSON format of
+    this module); ``where`` names it in the message, which also gives the
+    time step and the offending value.
+
+    Raises:
+        TypeError: a sequence or time step that is not a list, a note that
+            is not an int.
+        ValueError: an empty sequence, a note off the piano.
+    """
     if not isinstance(sequence, list):
         raise TypeError(
             f"{where} must be a list of time steps, got {type(sequence).__name__}"
@@ -135,8 +149,12 @@ def _validate_sequence(sequence: Any, where: str) -> None:
                 )
 
 
-def _notes_to_roll(sequence: list[list[int]]) -> torch.Tensor:
-    """One validated sequence of note lists -> float32 roll ``(T, 88)``."""
+def notes_to_roll(sequence: list[list[int]]) -> torch.Tensor:
+    """One sequence of note lists -> float32 roll ``(T, 88)``.
+
+    ``roll[t, note - 21] = 1`` for every note of step ``t``. The sequence is
+    not checked here: pass it through :func:`validate_sequence` first.
+    """
     roll = torch.zeros(len(sequence), NUM_NOTES, dtype=torch.float32)  # (T, 88)
     steps = [t for t, step in enumerate(sequence) for _ in step]
     keys = [note - LOWEST_NOTE for step in sequence for note in step]
@@ -164,7 +182,7 @@ def rolls_from_notes(
         and offending value.
     """
     _validate_notes(data, source)
-    return {split: [_notes_to_roll(seq) for seq in data[split]] for split in SPLITS}
+    return {split: [notes_to_roll(seq) for seq in data[split]] for split in SPLITS}
 
 
 def _parse_json_bytes(raw: bytes, source: str) -> Any:
@@ -175,7 +193,7 @@ def _parse_json_bytes(raw: bytes, source: str) -> Any:
 
 
 # ---------------------------------------------------------------------------
-# Files: cache folder, checksums, atomic writes, download
+# Files: cache folder, checksums, download
 # ---------------------------------------------------------------------------
 
 
@@ -222,33 +240,20 @@ def _check_sha256(actual: str, expected: str, name: str) -> None:
         )
 
 
-def _atomic_write_bytes(path: Path, raw: bytes) -> None:
-    """Write ``raw`` to a temporary file beside ``path``, then rename it.
-
-    Readers never see a half-written file, and nothing is left behind if the
-    write fails or is interrupted.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".part"
-    )
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(raw)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _download(
-    url: str, target: Path, expected_sha256: str, timeout: float = 60.0
+def download(
+    url: str, target: str | os.PathLike, expected_sha256: str, timeout: float = 60.0
 ) -> None:
     """Download ``url`` to ``target``, verified; on any failure leave no file.
 
-    The bytes go to a temporary file in ``target``'s folder, hashed as they
-    arrive; only a response that is complete (as long as its Content-Length
-    says) and matches ``expected_sha256`` is renamed to ``target``.
+    The bytes go to a temporary file beside ``target``
+    (:func:`dmm_helpers.checks.atomic_write`), hashed as they arrive; only a
+    response that is complete (as long as its Content-Length says) and
+    matches ``expected_sha256`` is renamed to ``target``.
+
+    Raises:
+        DownloadError: no connection, an HTTP error, or a truncated response
+            (the message says how to work offline).
+        ChecksumError: the bytes are not the expected ones.
     """
     offline_hint = (
         "If you are offline, pass a local copy of the file, "
@@ -256,39 +261,35 @@ def _download(
         "or use load_bach_chorales() for the offline stand-in built from "
         "music21's Bach chorales."
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".part"
-    )
-    try:
-        digest = hashlib.sha256()
-        received = 0
-        with os.fdopen(fd, "wb") as file:
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)
-            except urllib.error.HTTPError as error:
-                raise DownloadError(
-                    f"could not download {url}: HTTP {error.code} {error.reason}. {offline_hint}"
-                ) from error
-            except (urllib.error.URLError, OSError, ValueError) as error:
-                reason = getattr(error, "reason", error)
-                raise DownloadError(
-                    f"could not download {url}: {reason}. {offline_hint}"
-                ) from error
-            with response:
-                announced = response.headers.get("Content-Length")
-                while True:
-                    try:
-                        chunk = response.read(1 << 16)
-                    except (OSError, http.client.HTTPException) as error:
-                        raise DownloadError(
-                            f"download of {url} broke off: {error!r}. {offline_hint}"
-                        ) from error
-                    if not chunk:
-                        break
-                    file.write(chunk)  # a full disk raises its own OSError, unchanged
-                    digest.update(chunk)
-                    received += len(chunk)
+    digest = hashlib.sha256()
+    received = 0
+    with atomic_write(target) as file:
+        try:
+            response = urllib.request.urlopen(url, timeout=timeout)
+        except urllib.error.HTTPError as error:
+            raise DownloadError(
+                f"could not download {url}: HTTP {error.code} {error.reason}. "
+                f"{offline_hint}"
+            ) from error
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            raise DownloadError(
+                f"could not download {url}: {reason}. {offline_hint}"
+            ) from error
+        with response:
+            announced = response.headers.get("Content-Length")
+            while True:
+                try:
+                    chunk = response.read(1 << 16)
+                except (OSError, http.client.HTTPException) as error:
+                    raise DownloadError(
+                        f"download of {url} broke off: {error!r}. {offline_hint}"
+                    ) from error
+                if not chunk:
+                    break
+                file.write(chunk)  # a full disk raises its own OSError, unchanged
+                digest.update(chunk)
+                received += len(chunk)
         # http.client returns a short body without complaint when the server
         # closes the connection early, so compare with the announced length.
         if announced is not None and announced.isdigit() and received != int(announced):
@@ -299,10 +300,6 @@ def _download(
         _check_sha256(
             digest.hexdigest(), expected_sha256, f"the file downloaded from {url}"
         )
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------
@@ -353,7 +350,7 @@ def load_jsb(
         if path.is_file() and sha256_of(path) != JSB_SHA256:
             path.unlink()  # our own cache, corrupted on disk: fetch a fresh copy
         if not path.is_file():
-            _download(url, path, JSB_SHA256)
+            download(url, path, JSB_SHA256)
     # Hash the very bytes that get parsed, so nothing can change in between.
     raw = path.read_bytes()
     _check_sha256(hashlib.sha256(raw).hexdigest(), JSB_SHA256, str(path))
@@ -450,10 +447,8 @@ def load_bach_chorales(
     Returns:
         ``{"train", "valid", "test"}`` -> lists of float32 rolls ``(T, 88)``.
     """
-    if limit is not None and (
-        isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
-    ):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    if limit is not None:
+        positive_int("limit", limit)
     import music21
     from music21 import corpus
     from music21.corpus import chorales
@@ -482,7 +477,7 @@ def load_bach_chorales(
         if notes:
             data[_split_of(index)].append(notes)
     rolls = rolls_from_notes(data, source="music21 Bach chorales")
-    _atomic_write_bytes(cache_path, json.dumps(data, separators=(",", ":")).encode())
+    write_bytes(cache_path, json.dumps(data, separators=(",", ":")).encode())
     return rolls
 
 
@@ -540,11 +535,35 @@ def load_sequences(path: str | os.PathLike) -> dict[str, list[torch.Tensor]]:
         notes = quantize_to_quarters(score)
         if not notes:
             raise ValueError(f"{file} has no pitched notes")
-        _validate_sequence(
-            notes, str(file)
-        )  # name the file if a pitch is off the piano
+        # Named by its file, should a pitch lie off the piano.
+        validate_sequence(notes, str(file))
         data[_split_of(index)].append(notes)
     return rolls_from_notes(data, source=str(path))
+
+
+def load_data(spec: str) -> dict[str, list[torch.Tensor]]:
+    """The splits named by ``spec`` (the ``--data`` flag): a name or a path.
+
+    ``"jsb"`` is :func:`load_jsb`, ``"bach"`` :func:`load_bach_chorales`. A
+    file whose SHA-256 is the canonical JSB file's is read with
+    :func:`load_jsb` (checksum and all); any other JSON file or folder of
+    MIDI files with :func:`load_sequences`.
+
+    Raises:
+        FileNotFoundError: ``spec`` is neither a name nor an existing path.
+    """
+    if spec == "jsb":
+        return load_jsb()
+    if spec == "bach":
+        return load_bach_chorales()
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(
+            f'--data {spec!r}: no such file or folder (or use "jsb" or "bach")'
+        )
+    if path.is_file() and sha256_of(path) == JSB_SHA256:
+        return load_jsb(path)
+    return load_sequences(path)
 
 
 # ---------------------------------------------------------------------------
@@ -614,7 +633,8 @@ def reverse_sequences(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         )
     lengths = lengths.to(device=x.device, dtype=torch.long)
     time = torch.arange(t_max, device=x.device)  # (T_max,)
-    # Source index of each output step: mirrored inside the sequence, identity on padding.
+    # Source index of each output step: mirrored inside the sequence,
+    # identity on padding.
     source = torch.where(
         time < lengths[:, None], lengths[:, None] - 1 - time, time
     )  # (B, T_max)
@@ -652,11 +672,13 @@ def make_batch(
             )
         if seq.dim() != 2:
             raise ValueError(
-                f"sequence {i} has shape {tuple(seq.shape)}; expected a 2-D (time, {NUM_NOTES}) roll"
+                f"sequence {i} has shape {tuple(seq.shape)}; "
+                f"expected a 2-D (time, {NUM_NOTES}) roll"
             )
         if seq.shape[1] != NUM_NOTES:
             raise ValueError(
-                f"sequence {i} has {seq.shape[1]} columns; expected {NUM_NOTES} (one per piano key)"
+                f"sequence {i} has {seq.shape[1]} columns; "
+                f"expected {NUM_NOTES} (one per piano key)"
             )
         if seq.shape[0] == 0:
             raise ValueError(f"sequence {i} is empty (0 time steps)")
@@ -718,12 +740,7 @@ def minibatches(
         :class:`Batch` objects covering every sequence exactly once (except
         those dropped by ``drop_last``).
     """
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, int)
-        or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    positive_int("batch_size", batch_size)
     if isinstance(sequences, torch.Tensor):
         raise TypeError(
             "minibatches expects a list of (T, 88) tensors, not a single tensor"

@@ -27,11 +27,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from dmm_helpers.checkpoint import load_model
 from dmm_helpers.checks import positive_int
-from dmm_helpers.data import Batch, make_batch
+from dmm_helpers.data import Batch, load_data, make_batch
+from dmm_helpers.devices import resolve_device
 from dmm_helpers.dmm import DMM
 from dmm_helpers.elbo import elbo_terms
-from dmm_helpers.train import load_data, load_model, resolve_device
 
 
 class ImportanceWeights(NamedTuple):
@@ -206,7 +207,8 @@ def evaluate(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m dmm_helpers.evaluate",
-        description="Test bound and importance-sampled NLL (nats per time step) of a trained DMM.",
+        description="Test bound and importance-sampled NLL (nats per time step) "
+        "of a trained DMM.",
     )
     parser.add_argument(
         "--checkpoint", required=True, help="best.pt or checkpoint.pt of a run"

@@ -36,13 +36,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .data import (
+from dmm_helpers.checks import write_bytes
+from dmm_helpers.data import (
     LOWEST_NOTE,
     NUM_NOTES,
-    _atomic_write_bytes,
-    _notes_to_roll,
-    _validate_sequence,
+    notes_to_roll,
     quantize_to_quarters,
+    validate_sequence,
 )
 
 _NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -451,8 +451,8 @@ def stream_to_roll(score: Any) -> torch.Tensor:
         raise ValueError(
             "the stream has no pitched notes, so its piano roll would be empty"
         )
-    _validate_sequence(notes, "the stream")
-    return _notes_to_roll(notes)  # (T, 88)
+    validate_sequence(notes, "the stream")
+    return notes_to_roll(notes)  # (T, 88)
 
 
 def midi_bytes(
@@ -479,7 +479,7 @@ def write_midi(
     See :func:`roll_to_stream` for how notes are formed.
     """
     path = Path(path).expanduser()
-    _atomic_write_bytes(path, midi_bytes(roll, tempo_bpm=tempo_bpm, program=program))
+    write_bytes(path, midi_bytes(roll, tempo_bpm=tempo_bpm, program=program))
     return path
 
 
@@ -992,7 +992,7 @@ def score_image(
             )
         png = _crop_and_stack(pages)
     if path is not None:
-        _atomic_write_bytes(Path(path).expanduser(), png)
+        write_bytes(Path(path).expanduser(), png)
     from IPython.display import Image
 
     return Image(data=png, format="png")

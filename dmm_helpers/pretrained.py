@@ -15,8 +15,8 @@ Where the files are looked for, in order:
    any missing file from the repository first (as in Colab, where only the
    package is installed).
 
-Maintainers ship a finished run with
-``python -m dmm_helpers.pretrained ship runs/jsb_dmm --name jsb_dmm --description "..."``.
+Maintainers ship a finished run with ``python -m dmm_helpers.pretrained ship
+runs/jsb_dmm --name jsb_dmm --description "..."``.
 """
 
 from __future__ import annotations
@@ -24,20 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dmm_helpers.data import (
-    ChecksumError,
-    _atomic_write_bytes,
-    _download,
-    default_cache_dir,
-    sha256_of,
-)
+from dmm_helpers.checkpoint import load_model
+from dmm_helpers.checks import write_bytes
+from dmm_helpers.data import ChecksumError, default_cache_dir, download, sha256_of
 from dmm_helpers.dmm import DMM
 
 # The repository, as in _config.yml (a test checks that the two agree).
@@ -52,7 +47,7 @@ FILES = ("model.pt", "log.jsonl", "command.txt")
 
 
 def manifest() -> dict[str, dict[str, Any]]:
-    """``{name: {"description": ..., "files": {file: sha256}}}`` for every shipped model."""
+    """The shipped models: ``{name: {"description": ..., "files": {file: sha}}}``."""
     return json.loads(MANIFEST_PATH.read_text())
 
 
@@ -68,7 +63,10 @@ def _verified(path: Path, expected: str) -> bool:
 
 
 def pretrained_dir(name: str) -> Path:
-    """The folder holding ``name``'s files, each checked against the manifest (downloads if needed)."""
+    """The folder of ``name``'s files, each checked against the manifest.
+
+    Files missing from the repository and the cache are downloaded first.
+    """
     files = _entry(name)["files"]
     candidates = []
     if os.environ.get("DMM_PRETRAINED_DIR"):
@@ -80,28 +78,33 @@ def pretrained_dir(name: str) -> Path:
                 actual = sha256_of(folder / file)
                 if actual != expected:
                     raise ChecksumError(
-                        f"{folder / file} has SHA-256 {actual}, but the shipped file has "
-                        f"{expected}: the file was changed after it was shipped (re-ship it "
-                        "with `python -m dmm_helpers.pretrained ship`, or restore it)"
+                        f"{folder / file} has SHA-256 {actual}, but the shipped "
+                        f"file has {expected}: the file was changed after it was "
+                        "shipped (re-ship it with `python -m dmm_helpers.pretrained "
+                        "ship`, or restore it)"
                     )
             return folder
     folder = default_cache_dir() / "pretrained" / name
     folder.mkdir(parents=True, exist_ok=True)
     for file, expected in files.items():
         if not _verified(folder / file, expected):
-            _download(f"{RAW_URL}/{name}/{file}", folder / file, expected)
+            download(f"{RAW_URL}/{name}/{file}", folder / file, expected)
     return folder
 
 
 def load_pretrained(name: str, device: torch.device | str = "cpu") -> DMM:
-    """The shipped model ``name`` (e.g. ``"jsb_dmm"``), in evaluation mode on ``device``."""
-    from dmm_helpers.train import load_model
-
+    """The shipped model ``name`` (e.g. ``"jsb_dmm"``), in evaluation mode."""
     return load_model(pretrained_dir(name) / "model.pt", device)
 
 
 def training_log(name: str) -> list[dict[str, Any]]:
-    """The shipped model's training log: one record per evaluation (see :mod:`dmm_helpers.train`)."""
+    """The shipped model's training log: one record per evaluation.
+
+    Each record holds ``epoch``, ``step``, ``train_loss``,
+    ``annealing_factor``, ``learning_rate``, ``elapsed_s`` (training
+    wall-clock, evaluations excluded), ``skipped_steps`` and, for the splits
+    the run had, ``valid_bound`` and ``test_bound`` (nats per time step).
+    """
     text = (pretrained_dir(name) / "log.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
@@ -114,10 +117,12 @@ def training_command(name: str) -> str:
 def ship(
     run_dir: str | os.PathLike, name: str, description: str, target: Path | None = None
 ) -> Path:
-    """Copy a run's ``best.pt``, ``log.jsonl`` and ``command.txt`` into ``pretrained/name`` and list them.
+    """Copy a run's ``best.pt``, ``log.jsonl`` and ``command.txt`` and list them.
 
-    Every file is written to a temporary name and renamed; the manifest last,
-    so a shipped folder is never listed with files it does not have.
+    They go to ``pretrained/name`` (or ``target/name``) as ``model.pt``,
+    ``log.jsonl`` and ``command.txt``. Every file is written atomically
+    (:func:`dmm_helpers.checks.atomic_write`); the manifest last, so a
+    shipped folder is never listed with files it does not have.
     """
     run = Path(run_dir)
     sources = {
@@ -135,17 +140,14 @@ def ship(
     folder = (target or REPOSITORY_DIR) / name
     folder.mkdir(parents=True, exist_ok=True)
     for file, source in sources.items():
-        tmp = folder / f".{file}.tmp"
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, folder / file)
+        write_bytes(folder / file, source.read_bytes())
     models = manifest() if MANIFEST_PATH.exists() else {}
     models[name] = {
         "description": description,
         "files": {file: sha256_of(folder / file) for file in FILES},
     }
-    _atomic_write_bytes(
-        MANIFEST_PATH, (json.dumps(models, indent=2, sort_keys=True) + "\n").encode()
-    )
+    manifest_text = json.dumps(models, indent=2, sort_keys=True) + "\n"
+    write_bytes(MANIFEST_PATH, manifest_text.encode())
     return folder
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-# Read before any test's monkeypatch removes it; the default is
-# ../shared/data/jsb-chorales-quarter.json seen from the project root.
-from dmm_fixtures import JSB_PATH as _JSB_PATH
+# JSB_PATH is read at import, before any test's monkeypatch removes
+# DMM_JSB_PATH; require_jsb fails under CI when the file is missing.
+from dmm_fixtures import require_jsb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +29,7 @@ from dmm_helpers.data import (
     ChecksumError,
     DownloadError,
     load_bach_chorales,
+    load_data,
     load_jsb,
     load_sequences,
     make_batch,
@@ -48,12 +49,7 @@ def _isolated_environment(monkeypatch, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def jsb_path() -> Path:
-    if not _JSB_PATH.is_file():
-        pytest.skip(
-            f"the canonical JSB file is not at {_JSB_PATH}; set DMM_JSB_PATH to a copy "
-            "(see ../shared/data/README.md)"
-        )
-    return _JSB_PATH
+    return require_jsb()
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +377,8 @@ def _bad_valid_step(value):
         (
             _bad_valid_step(20),
             ValueError,
-            r"split 'valid', sequence 1, time step 2: note 20 is outside the piano range 21\.\.108",
+            r"split 'valid', sequence 1, time step 2: "
+            r"note 20 is outside the piano range 21\.\.108",
         ),
         (
             _bad_valid_step(109),
@@ -425,7 +422,8 @@ def _bad_valid_step(value):
         (
             _splits(train=[[60, 62]]),
             TypeError,
-            r"split 'train', sequence 0, time step 0 must be a list of MIDI notes, got int",
+            r"split 'train', sequence 0, time step 0 "
+            "must be a list of MIDI notes, got int",
         ),
         (
             _splits(train=["abc"]),
@@ -568,7 +566,8 @@ def test_bach_chorales_small_limit_valid_deterministic_and_cached(
     tmp_path, monkeypatch
 ):
     first = load_bach_chorales(cache_dir=tmp_path / "a", limit=10)
-    # Positions 0-7 train, 8 valid, 9 test; a piece that failed to parse would shrink one.
+    # Positions 0-7 train, 8 valid, 9 test; a piece that failed to parse would
+    # shrink one.
     assert [len(first[s]) for s in ("train", "valid", "test")] == [8, 1, 1]
     for rolls in first.values():
         for roll in rolls:
@@ -612,7 +611,7 @@ def test_bach_chorales_small_limit_valid_deterministic_and_cached(
 
 @pytest.mark.parametrize("limit", [0, -3, 2.5, True])
 def test_bach_chorales_bad_limit(limit):
-    with pytest.raises(ValueError, match="limit must be a positive integer or None"):
+    with pytest.raises(ValueError, match="limit must be a positive int, got "):
         load_bach_chorales(limit=limit)
 
 
@@ -803,7 +802,7 @@ def test_minibatches_without_shuffle_and_drop_last():
 
 @pytest.mark.parametrize("batch_size", [0, -1, 2.0, True])
 def test_minibatches_bad_batch_size_raises_at_call(batch_size):
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got "):
         minibatches(_tagged_rolls(3), batch_size, seed=0)
 
 
@@ -812,11 +811,49 @@ def test_minibatches_empty_list_raises_at_call():
         minibatches([], 2, seed=0)
 
 
-def test_atomic_write_leaves_nothing_when_interrupted(monkeypatch, tmp_path):
-    def interrupted_replace(src, dst):
-        raise KeyboardInterrupt
+# ---------------------------------------------------------------------------
+# load_data: the --data flag of the commands
+# ---------------------------------------------------------------------------
 
-    monkeypatch.setattr(dmm_data.os, "replace", interrupted_replace)
-    with pytest.raises(KeyboardInterrupt):
-        dmm_data._atomic_write_bytes(tmp_path / "cache" / "built.json", b"{}")
-    assert _files_in(tmp_path / "cache") == []
+
+def test_load_data_dispatches_on_the_data_flag(tmp_path, monkeypatch):
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps(_splits()))
+    calls = []
+    monkeypatch.setattr(
+        dmm_data, "load_jsb", lambda *path: calls.append(("jsb", *path)) or "jsb"
+    )
+    monkeypatch.setattr(
+        dmm_data, "load_bach_chorales", lambda: calls.append(("bach",)) or "bach"
+    )
+    monkeypatch.setattr(
+        dmm_data, "load_sequences", lambda path: calls.append(("own", path)) or "own"
+    )
+    assert load_data("jsb") == "jsb" and load_data("bach") == "bach"
+    assert load_data(str(own)) == "own"
+    assert load_data(str(tmp_path)) == "own"  # a folder of MIDI files
+    # A file with the canonical file's SHA-256 is read as JSB, checksum and all.
+    monkeypatch.setattr(dmm_data, "JSB_SHA256", dmm_data.sha256_of(own))
+    assert load_data(str(own)) == "jsb"
+    assert calls == [
+        ("jsb",),
+        ("bach",),
+        ("own", own),
+        ("own", tmp_path),
+        ("jsb", own),
+    ]
+    with pytest.raises(FileNotFoundError, match=r"--data 'nowhere.json': no such file"):
+        load_data("nowhere.json")
+
+
+def test_load_data_reads_a_json_file_in_the_jsb_format(tmp_path):
+    raw = _splits()
+    path = tmp_path / "own.json"
+    path.write_text(json.dumps(raw))
+    data = load_data(str(path))
+    assert {split: len(rolls) for split, rolls in data.items()} == {
+        split: len(raw[split]) for split in ("train", "valid", "test")
+    }
+    first = data["train"][0]
+    assert first.shape == (len(raw["train"][0]), 88)
+    assert first.sum(-1).tolist() == [len(step) for step in raw["train"][0]]

@@ -23,7 +23,7 @@ import music21  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from dmm_fixtures import JSB_PATH as _JSB_PATH
+from dmm_fixtures import require_jsb
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from IPython.display import Audio  # noqa: E402
@@ -292,16 +292,12 @@ def test_plot_accepts_probabilities_but_not_values_outside_0_1():
 
 @pytest.fixture(scope="module")
 def jsb_raw() -> dict:
-    if not _JSB_PATH.is_file():
-        pytest.skip(
-            f"the canonical JSB file is not at {_JSB_PATH}; set DMM_JSB_PATH to a copy"
-        )
-    return json.loads(_JSB_PATH.read_bytes())
+    return json.loads(require_jsb().read_bytes())
 
 
 @pytest.fixture(scope="module")
 def jsb(jsb_raw) -> dict:
-    return load_jsb(_JSB_PATH)
+    return load_jsb(require_jsb())
 
 
 def _notes_of(score) -> list[tuple[float, float, int]]:

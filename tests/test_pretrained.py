@@ -134,7 +134,7 @@ def test_ship_copies_the_run_and_lists_its_checksums(tmp_path, monkeypatch):
     assert entry["description"] == "a test model"
     for file, digest in entry["files"].items():
         assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == digest
-    assert not list(folder.glob(".*.tmp"))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(pretrained.FILES)
     with pytest.raises(FileNotFoundError, match="missing"):
         pretrained.ship(tmp_path / "empty", "tiny", "x", target=tmp_path / "shipped")
     with pytest.raises(ValueError, match="letters, digits and underscores"):

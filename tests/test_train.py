@@ -1,4 +1,4 @@
-"""Tests of :mod:`dmm_helpers.train`: exact resumption, atomic checkpoints, clear errors.
+"""Tests of the trainer and its checkpoints: exact resumption, atomic files, errors.
 
 The central promise of the training command is that a run killed in any way
 and continued with ``--resume`` ends with exactly the parameters of a run
@@ -29,21 +29,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from dmm_fixtures import require_jsb
 
-from dmm_helpers import train
+from dmm_helpers import checkpoint, train
+from dmm_helpers.checkpoint import (
+    CheckpointError,
+    RunFolder,
+    load_checkpoint,
+    load_model,
+)
 from dmm_helpers.data import make_batch
+from dmm_helpers.devices import resolve_device
 from dmm_helpers.dmm import DMM
 from dmm_helpers.train import (
-    CheckpointError,
     NonFiniteLossError,
     TrainConfig,
     Trainer,
     annealing_factor,
-    load_checkpoint,
-    load_data,
-    load_model,
+    merge_resumed_config,
     parse_args,
-    resolve_device,
 )
 
 # Six training sequences in mini-batches of two: three steps per epoch, so a
@@ -161,7 +165,7 @@ def run_training(data: Path, out: Path, *extra: str) -> None:
 
 
 def start_and_stop(data: Path, out: Path, signum: int) -> tuple[int, str]:
-    """Start the command, send ``signum`` once an epoch is done, return (exit code, stderr)."""
+    """Run the command, send ``signum`` after its first epoch; return (code, stderr)."""
     process = subprocess.Popen(
         command(data, out),
         env=SUBPROCESS_ENV,
@@ -175,7 +179,8 @@ def start_and_stop(data: Path, out: Path, signum: int) -> tuple[int, str]:
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             pytest.fail(
-                f"training ended before its first checkpoint: {process.communicate()[1]}"
+                "training ended before its first checkpoint: "
+                f"{process.communicate()[1]}"
             )
         time.sleep(0.002)
     assert process.poll() is None, "the run finished before it could be interrupted"
@@ -202,7 +207,7 @@ def assert_state_dicts_equal(actual: dict, expected: dict) -> None:
 
 
 def assert_same_run(actual: Path, expected: Path) -> None:
-    """Final checkpoints, best models and logs of two runs agree exactly (wall-clock aside)."""
+    """Final checkpoints, best models and logs of two runs agree (wall-clock aside)."""
     got, want = (
         load_checkpoint(actual / "checkpoint.pt"),
         load_checkpoint(expected / "checkpoint.pt"),
@@ -378,7 +383,10 @@ def test_sigint_saves_a_checkpoint_at_the_next_step_and_restores_the_handlers(
 def test_resume_after_the_last_batch_of_an_epoch_logs_the_whole_epochs_loss(
     config, tmp_path, monkeypatch
 ):
-    """A signal at an epoch's last step: the resumed epoch has no batches left, but its loss is known."""
+    """A signal at an epoch's last step: the resumed epoch has no batches left.
+
+    Its loss is known all the same.
+    """
     reference = Trainer(
         dataclasses.replace(config, epochs=2, out=str(tmp_path / "ref"))
     )
@@ -488,9 +496,11 @@ def test_resuming_an_averaged_run_without_its_average_is_a_checkpoint_error(conf
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"kl": "exact"}, '--kl must be "analytic" or "sampled"'),
-        ({"ema_decay": 1.0}, r"--ema-decay must lie in \[0, 1\)"),
-        ({"batch_size": 0}, "--batch-size must be >= 1"),
+        ({"kl_estimator": "exact"}, "--kl must be 'analytic' or 'sampled'"),
+        ({"ema_decay": 1.0}, "--ema-decay must be a finite number >= 0 and < 1"),
+        ({"batch_size": 0}, "--batch-size must be a positive int, got 0"),
+        ({"eval_batch_size": 0}, "--eval-batch-size must be a positive int"),
+        ({"epochs": -1}, "--epochs and --eval-every must be >= 0"),
     ],
 )
 def test_unusable_flags_are_refused_by_name(config, changes, message):
@@ -502,10 +512,13 @@ def test_unusable_flags_are_refused_by_name(config, changes, message):
 def test_the_sampled_kl_flag_trains_on_trace_elbos_estimator(config, monkeypatch):
     seen = []
     real = train.elbo
-    monkeypatch.setattr(
-        train, "elbo", lambda *a, **k: seen.append(k.get("kl")) or real(*a, **k)
-    )
-    Trainer(dataclasses.replace(config, kl="sampled", eval_every=0)).run()
+
+    def elbo(model, batch, annealing_factor=1.0, kl_estimator="analytic", **kwargs):
+        seen.append(kl_estimator)
+        return real(model, batch, annealing_factor, kl_estimator, **kwargs)
+
+    monkeypatch.setattr(train, "elbo", elbo)
+    Trainer(dataclasses.replace(config, kl_estimator="sampled", eval_every=0)).run()
     assert seen and set(seen) == {"sampled"}
 
 
@@ -583,7 +596,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_intact(config):
     )
     assert result.returncode == -signal.SIGKILL, result.stderr
     out = Path(config.out)
-    leftovers = list(out.glob(".checkpoint.pt.*.tmp"))
+    leftovers = list(out.glob(".checkpoint.pt.*.part"))
     assert len(leftovers) == 1  # the kill really landed inside the write
     full_size = (out / "checkpoint.pt").stat().st_size
     assert 0 < leftovers[0].stat().st_size < full_size
@@ -592,7 +605,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_intact(config):
     # The next run in the folder clears the dead save's temporary file.
     trainer = Trainer(config, resume=True)
     assert trainer.step == STEPS_PER_EPOCH
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in out.iterdir() if p.name.endswith(".part")]
 
 
 # ----------------------------------------------------------------------------
@@ -742,7 +755,7 @@ def test_load_model_restores_the_best_weights_in_evaluation_mode(trained, config
     model = load_model(trained / "best.pt")
     assert not model.training
     assert_state_dicts_equal(model.state_dict(), best["model"])
-    assert (best["data"], best["versions"]) == (config.data, train.versions())
+    assert (best["data"], best["versions"]) == (config.data, checkpoint.versions())
 
 
 # ----------------------------------------------------------------------------
@@ -751,12 +764,12 @@ def test_load_model_restores_the_best_weights_in_evaluation_mode(trained, config
 
 
 def nan_on_calls(monkeypatch, bad_calls) -> list[float]:
-    """Make ``train.elbo`` NaN on the given calls (0-based); returns the betas it was called with."""
+    """Make ``train.elbo`` NaN on the given calls (0-based); returns its betas."""
     real_elbo = train.elbo
     betas = []
 
-    def elbo(model, batch, annealing_factor=1.0, **kwargs):
-        value = real_elbo(model, batch, annealing_factor=annealing_factor, **kwargs)
+    def elbo(model, batch, annealing_factor=1.0, *args, **kwargs):
+        value = real_elbo(model, batch, annealing_factor, *args, **kwargs)
         if model.training:  # evaluations run in eval mode and stay untouched
             betas.append(annealing_factor)
             if len(betas) - 1 in bad_calls:
@@ -793,9 +806,9 @@ def test_a_nan_gradient_with_a_finite_loss_is_skipped(config, monkeypatch):
     weights = copy.deepcopy(trainer.model.state_dict())
     real_elbo = train.elbo
 
-    def elbo_with_nan_gradient(model, batch, **kwargs):
+    def elbo_with_nan_gradient(model, batch, *args, **kwargs):
         # 0 * sqrt(0 * z_0): the value is 0, its gradient 0 * inf = NaN.
-        return real_elbo(model, batch, **kwargs) + 0.0 * torch.sqrt(
+        return real_elbo(model, batch, *args, **kwargs) + 0.0 * torch.sqrt(
             model.z_0.sum() * 0.0
         )
 
@@ -825,7 +838,10 @@ def test_continual_nan_losses_stop_the_run_and_keep_the_last_good_checkpoint(
     nan_on_calls(monkeypatch, set(range(1000)))
     trainer = Trainer(dataclasses.replace(config, epochs=5), resume=True)
     handler = signal.getsignal(signal.SIGTERM)
-    message = r"4 steps in a row gave a non-finite loss .*intact.*a new run with a smaller --learning-rate"
+    message = (
+        r"4 steps in a row gave a non-finite loss .*intact.*"
+        "a new run with a smaller --learning-rate"
+    )
     with pytest.raises(NonFiniteLossError, match=message):
         trainer.run()
     assert signal.getsignal(signal.SIGTERM) is handler
@@ -846,7 +862,7 @@ def test_continual_nan_losses_stop_the_run_and_keep_the_last_good_checkpoint(
 def pyro_example_factor(
     step: int, steps_per_epoch: int, annealing_epochs: int, minimum: float
 ) -> float:
-    """The KL factor as Pyro's ``examples/dmm.py`` computes it, from the epoch and batch index."""
+    """The KL factor as Pyro's ``examples/dmm.py`` computes it, from epoch and batch."""
     epoch, batch = divmod(step, steps_per_epoch)
     if annealing_epochs > 0 and epoch < annealing_epochs:
         return minimum + (1.0 - minimum) * (batch + 1 + epoch * steps_per_epoch) / (
@@ -941,7 +957,7 @@ def test_a_fresh_run_starts_a_new_log_and_records_its_command(config):
     assert [r["epoch"] for r in log_records(Path(config.out))] == [1]
     command_line, versions = (Path(config.out) / "command.txt").read_text().splitlines()
     assert command_line.startswith("python -m dmm_helpers.train")
-    assert json.loads(versions.removeprefix("# ")) == train.versions()
+    assert json.loads(versions.removeprefix("# ")) == checkpoint.versions()
 
 
 def test_resolve_device(monkeypatch):
@@ -962,47 +978,6 @@ def test_resolve_device(monkeypatch):
     assert resolve_device("cuda") == torch.device("cuda")
 
 
-def test_load_data_dispatches_on_the_data_flag(tmp_path, tiny_data, monkeypatch):
-    calls = []
-    monkeypatch.setattr(
-        train, "load_jsb", lambda *path: calls.append(("jsb", *path)) or "jsb"
-    )
-    monkeypatch.setattr(
-        train, "load_bach_chorales", lambda: calls.append(("bach",)) or "bach"
-    )
-    monkeypatch.setattr(
-        train, "load_sequences", lambda path: calls.append(("own", path)) or "own"
-    )
-    assert load_data("jsb") == "jsb" and load_data("bach") == "bach"
-    assert load_data(str(tiny_data)) == "own"
-    assert load_data(str(tmp_path)) == "own"  # a folder of MIDI files
-    # A file with the canonical file's SHA-256 is read as JSB, checksum and all.
-    monkeypatch.setattr(train, "JSB_SHA256", train.sha256_of(tiny_data))
-    assert load_data(str(tiny_data)) == "jsb"
-    assert calls == [
-        ("jsb",),
-        ("bach",),
-        ("own", Path(tiny_data)),
-        ("own", tmp_path),
-        ("jsb", Path(tiny_data)),
-    ]
-    with pytest.raises(FileNotFoundError, match=r"--data 'nowhere.json': no such file"):
-        load_data("nowhere.json")
-
-
-def test_load_data_reads_a_json_file_in_the_jsb_format(tiny_data):
-    data = load_data(str(tiny_data))
-    raw = json.loads(tiny_data.read_text())
-    assert {split: len(rolls) for split, rolls in data.items()} == {
-        "train": 6,
-        "valid": 3,
-        "test": 2,
-    }
-    first = data["train"][0]
-    assert first.shape == (len(raw["train"][0]), 88)
-    assert first.sum(-1).tolist() == [len(step) for step in raw["train"][0]]
-
-
 def test_parse_args_has_one_flag_per_setting():
     config, resume = parse_args([])
     assert (config, resume) == (TrainConfig(), False)
@@ -1016,7 +991,7 @@ def test_parse_args_has_one_flag_per_setting():
     with pytest.raises(SystemExit):
         parse_args(["--no-such-flag"])
     assert parse_args(["--kl", "sampled", "--ema-decay", "0.99"])[0] == TrainConfig(
-        kl="sampled", ema_decay=0.99
+        kl_estimator="sampled", ema_decay=0.99
     )
 
 
@@ -1070,3 +1045,96 @@ def test_the_recorded_command_reproduces_the_settings(config):
     assert "--beta1" not in words  # left at its default
     parsed, resume = parse_args(words[3:])
     assert parsed == changed and not resume
+
+
+# ----------------------------------------------------------------------------
+# --kl and kl_estimator; checkpoints written before the rename
+# ----------------------------------------------------------------------------
+
+
+def test_the_kl_flag_sets_kl_estimator_and_is_recorded_as_kl():
+    config, _ = parse_args(["--kl", "sampled"])
+    assert config == TrainConfig(kl_estimator="sampled")
+    words = config.command().split()
+    assert words[-2:] == ["--kl", "sampled"] and "--kl-estimator" not in words
+    assert parse_args(words[3:])[0] == config
+
+
+def test_a_checkpoint_that_says_kl_resumes_with_its_estimator(config):
+    sampled = dataclasses.replace(config, kl_estimator="sampled")
+    Trainer(sampled).run()
+    path = Path(config.out) / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    stored = state["train_config"]
+    stored["kl"] = stored.pop("kl_estimator")  # as written before the rename
+    torch.save(state, path)
+    resumed = Trainer(dataclasses.replace(TrainConfig(), out=config.out), resume=True)
+    assert resumed.config == dataclasses.replace(sampled, device="auto")
+    assert merge_resumed_config(stored, sampled).kl_estimator == "sampled"
+    with pytest.raises(CheckpointError, match="--kl 'sampled' -> 'exact'"):
+        merge_resumed_config(stored, dataclasses.replace(config, kl_estimator="exact"))
+
+
+def test_the_shipped_training_states_still_resume(tmp_path):
+    """pretrained/*/checkpoint.pt load into a Trainer at their epoch, unchanged."""
+    require_jsb()
+    root = Path(__file__).resolve().parents[1] / "pretrained"
+    for folder in sorted(root.glob("*/checkpoint.pt")):
+        stored = load_checkpoint(folder)
+        out = tmp_path / folder.parent.name
+        out.mkdir()
+        (out / "checkpoint.pt").write_bytes(folder.read_bytes())
+        trainer = Trainer(TrainConfig(out=str(out), device="cpu"), resume=True)
+        assert (trainer.epoch, trainer.step) == (stored["epoch"], stored["step"])
+        assert_state_dicts_equal(trainer.model.state_dict(), stored["model"])
+
+
+def test_evaluation_and_the_shipped_models_do_not_import_the_trainer():
+    code = (
+        "import sys, dmm_helpers.evaluate, dmm_helpers.pretrained; "
+        "print('dmm_helpers.train' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    )
+    assert result.stdout.strip() == "False", result.stderr
+
+
+# ----------------------------------------------------------------------------
+# The run folder
+# ----------------------------------------------------------------------------
+
+
+def test_a_run_folder_removes_only_its_own_stale_temporaries(tmp_path):
+    folder = RunFolder(tmp_path)
+    ours = [tmp_path / f".{name}.x1y2.part" for name in RunFolder.FILES]
+    others = [tmp_path / ".notes.txt.x1y2.part", tmp_path / "checkpoint.pt.part"]
+    for path in ours + others:
+        path.write_bytes(b"partial")
+    folder.remove_stale_temporaries()
+    assert sorted(tmp_path.iterdir()) == sorted(others)
+
+
+def test_a_run_folder_keeps_the_log_up_to_the_resumed_step(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.start("python -m dmm_helpers.train")
+    for step in (3, 6, 9):
+        folder.append_record({"step": step, "epoch": step // 3})
+    with open(folder.log, "a") as handle:
+        handle.write('{"step": 12, "ep')  # torn by a crash
+    folder.resume_log(6)
+    assert [
+        json.loads(line)["step"] for line in folder.log.read_text().splitlines()
+    ] == [
+        3,
+        6,
+    ]
+    folder.start("python -m dmm_helpers.train --epochs 2")  # a fresh run: no log
+    assert not folder.log.exists()
+    assert folder.command.read_text().startswith(
+        "python -m dmm_helpers.train --epochs 2\n"
+    )
