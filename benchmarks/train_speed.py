@@ -53,21 +53,24 @@ import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim import ClippedAdam
 
+from dmm_helpers.checkpoint import load_checkpoint, load_weights
 from dmm_helpers.data import Batch, minibatches
 from dmm_helpers.dmm import DMMConfig
-from dmm_helpers.pretrained import manifest, pretrained_dir, training_log
-from dmm_helpers.train import TrainConfig, Trainer, annealing_factor, load_checkpoint
-
-# Test bounds (nats per time step) whose arrival time the shipped logs are searched for:
-# a little above Pyro's tutorial, and Pyro's tutorial without a flow.
-MILESTONES = (6.90, 6.87)
-TARGET_RATIO = (
-    0.4  # the project's epoch at most this fraction of Pyro's Trace_ELBO epoch
+from dmm_helpers.pretrained import (
+    best_record,
+    first_reaching,
+    manifest,
+    pretrained_dir,
+    training_hours,
+    training_log,
 )
-SHIPPED_BY_FLOWS = {
-    0: "jsb_dmm",
-    2: "jsb_dmm_iaf",
-}  # the starting points of --start shipped
+from dmm_helpers.train import TrainConfig, Trainer, annealing_factor
+
+# Test bounds (nats per time step) whose arrival time the shipped logs are
+# searched for: a little above Pyro's tutorial, and Pyro's tutorial without a flow.
+MILESTONES = (6.90, 6.87)
+TARGET_RATIO = 0.4  # the project's epoch at most this fraction of Pyro's Trace_ELBO's
+SHIPPED_BY_FLOWS = {0: "jsb_dmm", 2: "jsb_dmm_iaf"}  # where --start shipped starts
 
 Step = Callable[[Batch, float], "float | None"]
 
@@ -96,7 +99,8 @@ def parse_args() -> argparse.Namespace:
         "--start",
         choices=("shipped", "random"),
         default="shipped",
-        help="continue the shipped model with --num-iafs flows, or start from random weights",
+        help="continue the shipped model with --num-iafs flows, "
+        "or start from random weights",
     )
     parser.add_argument(
         "--mean-field", action="store_true", help="also time Pyro's TraceMeanField_ELBO"
@@ -115,7 +119,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def pyro_step(trainer: Trainer, loss: Trace_ELBO) -> Step:
-    """An SVI step on a copy of the trainer's model as it is now, with the trainer's optimiser."""
+    """An SVI step on a copy of the trainer's model as it is, with its optimiser."""
     dmm = copy.deepcopy(trainer.model)
     config = trainer.config
     optimizer = ClippedAdam(
@@ -142,20 +146,22 @@ def pyro_step(trainer: Trainer, loss: Trace_ELBO) -> Step:
 
 
 def start_from_shipped(trainer: Trainer, num_iafs: int) -> int:
-    """Load the shipped model with ``num_iafs`` flows into ``trainer.model``; returns its epoch."""
+    """Load the shipped model with ``num_iafs`` flows into the trainer; its epoch."""
     name = SHIPPED_BY_FLOWS.get(num_iafs)
     if name is None:
         raise SystemExit(
-            f"no shipped model has {num_iafs} flows (those with {sorted(SHIPPED_BY_FLOWS)} do); "
-            "use --start random"
+            f"no shipped model has {num_iafs} flows (those with "
+            f"{sorted(SHIPPED_BY_FLOWS)} do); use --start random"
         )
-    state = load_checkpoint(pretrained_dir(name) / "model.pt")
+    path = pretrained_dir(name) / "model.pt"
+    state = load_checkpoint(path)
     stored = DMMConfig.from_dict(state["model_config"])
     if stored != trainer.model.config:
         raise SystemExit(
-            f"the shipped {name} is {stored}, not {trainer.model.config}; use --start random"
+            f"the shipped {name} is {stored}, not {trainer.model.config}; "
+            "use --start random"
         )
-    trainer.model.load_state_dict(state["model"])
+    load_weights(trainer.model, state["model"], path)
     return int(state["epoch"])
 
 
@@ -166,7 +172,7 @@ def time_epochs(
     warmup: int,
     first_epoch: int = 0,
 ) -> tuple[dict[str, list[float]], dict[str, float], dict[str, int]]:
-    """Time ``epochs`` epochs from ``first_epoch``, the contenders alternating batch by batch.
+    """Time ``epochs`` epochs from ``first_epoch``, contenders alternating by batch.
 
     Returns each contender's seconds per epoch, its training loss per time
     step in the last epoch, and its number of non-finite losses.
@@ -217,17 +223,11 @@ def time_epochs(
     return seconds, loss_per_step, non_finite
 
 
-def first_reaching(
-    log: list[dict[str, Any]], bound: float, key: str = "test_bound"
-) -> dict[str, Any] | None:
-    """The first log record whose ``key`` is at or below ``bound``, or ``None``."""
-    return next((record for record in log if record.get(key, math.inf) <= bound), None)
-
-
 def report_shipped() -> None:
-    """Training wall-clock and epochs to each milestone, from every shipped model's log."""
+    """Training wall-clock and epochs to each milestone, from the shipped logs."""
     print(
-        "\nshipped runs: training wall-clock (evaluations excluded) to reach a test bound"
+        "\nshipped runs: training wall-clock (evaluations excluded) "
+        "to reach a test bound"
     )
     try:
         names = sorted(manifest())
@@ -237,30 +237,30 @@ def report_shipped() -> None:
     for name in names:
         try:
             log = training_log(name)
-        except (
-            Exception
-        ) as error:  # a missing download or a changed file: say so, keep going
+        except Exception as error:  # a missing download or a changed file
             print(f"  {name}: log not available ({type(error).__name__}: {error})")
             continue
-        scored = [record for record in log if "test_bound" in record]
-        if not scored:
+        try:
+            best = best_record(log, "test_bound")
+        except ValueError:
             print(f"  {name}: no evaluation in the log yet")
             continue
-        best = min(scored, key=lambda record: record["test_bound"])
         last = log[-1]
         print(
-            f"  {name}: log ends at epoch {last['epoch']} ({last['elapsed_s'] / 3600:.2f} h); "
-            f"best test bound {best['test_bound']:.3f} at epoch {best['epoch']} "
-            f"({best['elapsed_s'] / 3600:.2f} h)"
+            f"  {name}: log ends at epoch {last['epoch']} "
+            f"({training_hours(last):.2f} h); best test bound "
+            f"{best['test_bound']:.3f} at epoch {best['epoch']} "
+            f"({training_hours(best):.2f} h)"
         )
         for bound in MILESTONES:
-            hit = first_reaching(scored, bound)
+            hit = first_reaching(log, bound)
             if hit is None:
                 print(f"    {bound:.2f}: not reached yet")
             else:
                 print(
-                    f"    {bound:.2f}: epoch {hit['epoch']}, {hit['elapsed_s']:.0f} s "
-                    f"({hit['elapsed_s'] / 3600:.2f} h) of training"
+                    f"    {bound:.2f}: epoch {hit['epoch']}, "
+                    f"{hit['elapsed_s']:.0f} s ({training_hours(hit):.2f} h) "
+                    "of training"
                 )
 
 
@@ -286,7 +286,8 @@ def main() -> None:
         first_epoch = (
             start_from_shipped(trainer, args.num_iafs) if args.start == "shipped" else 0
         )
-        # The learning rate where the schedule stands (ClippedAdam decays it every step).
+        # The learning rate where the schedule stands (ClippedAdam decays it
+        # every step).
         steps_taken = first_epoch * trainer.steps_per_epoch
         for group in trainer.optimizer.param_groups:
             group["lr"] = config.learning_rate * config.lr_decay**steps_taken
@@ -307,10 +308,12 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, pyro {pyro.__version__}, "
         f"{torch.get_num_threads()} intra-op thread(s) "
-        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), validation off"
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
+        "validation off"
     )
     print(
-        f"data {args.data!r}: {len(trainer.train_set)} training sequences, {steps} time steps, "
+        f"data {args.data!r}: {len(trainer.train_set)} training sequences, "
+        f"{steps} time steps, "
         f"{trainer.steps_per_epoch} mini-batches of up to {config.batch_size} per epoch"
     )
     print(f"DMM {trainer.model.config.to_dict()}")
@@ -337,7 +340,8 @@ def main() -> None:
     for name, times in seconds.items():
         listed = ", ".join(f"{t:.2f}" for t in times)
         print(
-            f"{name:<{width}}  median {statistics.median(times):7.2f} s/epoch  ({listed}); "
+            f"{name:<{width}}  median {statistics.median(times):7.2f} s/epoch  "
+            f"({listed}); "
             f"last epoch's training loss {loss_per_step[name]:.3f} nats/step; "
             f"non-finite steps {non_finite[name]}"
         )
@@ -347,7 +351,8 @@ def main() -> None:
             ratio = project / statistics.median(seconds[name])
             verdict = "meets" if ratio <= TARGET_RATIO else "misses"
             print(
-                f"ratio project / {name}: {ratio:.3f}x ({verdict} the target <= {TARGET_RATIO}x)"
+                f"ratio project / {name}: {ratio:.3f}x "
+                f"({verdict} the target <= {TARGET_RATIO}x)"
             )
     if not args.no_shipped:
         report_shipped()

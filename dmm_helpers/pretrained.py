@@ -1,4 +1,4 @@
-"""The trained models shipped with the book, and how they are found and checked.
+"""The trained models shipped with the book, their training logs, and queries on them.
 
 Chapters 06 and 07 evaluate these models live. Each lives in a folder
 ``pretrained/NAME/`` of the repository with three files: ``model.pt`` (the
@@ -6,6 +6,12 @@ best-on-valid weights and config written by :mod:`dmm_helpers.train`),
 ``log.jsonl`` (its training log) and ``command.txt`` (the command that trained
 it). ``pretrained.json``, inside the package, lists every file with its
 SHA-256, so a file is used only if it is exactly the one that was shipped.
+
+A training log is a list of records, one per evaluation (see
+:meth:`dmm_helpers.train.Trainer.validate`); :func:`best_record`,
+:func:`first_reaching` and :func:`training_hours` answer the questions the
+chapters and ``benchmarks/train_speed.py`` ask of it, for a shipped log or a
+live run's records alike.
 
 Where the files are looked for, in order:
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +114,35 @@ def training_log(name: str) -> list[dict[str, Any]]:
     """
     text = (pretrained_dir(name) / "log.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def best_record(
+    log: Sequence[dict[str, Any]], key: str = "valid_bound"
+) -> dict[str, Any]:
+    """The record with the lowest ``key`` (the earliest of equals).
+
+    With the default key, the record of the weights a run keeps as
+    ``best.pt`` and ships. Records without ``key`` are passed over.
+
+    Raises:
+        ValueError: no record has ``key``.
+    """
+    scored = [record for record in log if key in record]
+    if not scored:
+        raise ValueError(f"no record of the log has {key!r}")
+    return min(scored, key=lambda record: record[key])
+
+
+def first_reaching(
+    log: Sequence[dict[str, Any]], bound: float, key: str = "test_bound"
+) -> dict[str, Any] | None:
+    """The first record whose ``key`` is at or below ``bound``, or ``None``."""
+    return next((record for record in log if record.get(key, math.inf) <= bound), None)
+
+
+def training_hours(record: dict[str, Any]) -> float:
+    """The training wall-clock up to ``record``, in hours (evaluations excluded)."""
+    return record["elapsed_s"] / 3600
 
 
 def training_command(name: str) -> str:

@@ -1,4 +1,4 @@
-"""The shipped models: the manifest matches the files, tampering is caught, downloads are verified."""
+"""The shipped models: files match the manifest, tampering is caught, logs queried."""
 
 from __future__ import annotations
 
@@ -139,3 +139,49 @@ def test_ship_copies_the_run_and_lists_its_checksums(tmp_path, monkeypatch):
         pretrained.ship(tmp_path / "empty", "tiny", "x", target=tmp_path / "shipped")
     with pytest.raises(ValueError, match="letters, digits and underscores"):
         pretrained.ship(run, "../evil", "x", target=tmp_path / "shipped")
+
+
+# ----------------------------------------------------------------------------
+# Queries on training logs
+# ----------------------------------------------------------------------------
+
+# A log as Trainer.validate writes it, cut down: the last record has no
+# validation bound (as in a run without a valid split), two share the lowest.
+LOG = [
+    {"epoch": 10, "elapsed_s": 360.0, "valid_bound": 8.0, "test_bound": 8.1},
+    {"epoch": 20, "elapsed_s": 720.0, "valid_bound": 7.0, "test_bound": 7.2},
+    {"epoch": 30, "elapsed_s": 1080.0, "valid_bound": 7.0, "test_bound": 6.9},
+    {"epoch": 40, "elapsed_s": 1440.0, "test_bound": 6.8},
+]
+
+
+def test_best_record_is_the_earliest_lowest_and_skips_records_without_the_key():
+    assert pretrained.best_record(LOG) is LOG[1]
+    assert pretrained.best_record(LOG, "test_bound") is LOG[3]
+    assert pretrained.best_record(LOG[:1]) is LOG[0]
+    for log, key in ((LOG, "nll"), ([], "valid_bound")):
+        with pytest.raises(ValueError, match=f"no record of the log has '{key}'"):
+            pretrained.best_record(log, key)
+
+
+def test_first_reaching_is_the_first_record_at_or_below_the_bound():
+    assert pretrained.first_reaching(LOG, 8.1) is LOG[0]
+    assert pretrained.first_reaching(LOG, 7.0) is LOG[2]
+    assert pretrained.first_reaching(LOG, 6.85) is LOG[3]
+    assert pretrained.first_reaching(LOG, 6.5) is None
+    assert pretrained.first_reaching(LOG, 7.0, key="valid_bound") is LOG[1]
+    assert pretrained.first_reaching(LOG, 9.0, key="nll") is None
+
+
+def test_training_hours_are_the_logged_seconds_over_3600():
+    assert [pretrained.training_hours(r) for r in LOG] == [0.1, 0.2, 0.3, 0.4]
+
+
+@pytest.mark.parametrize("name", ["jsb_dmm", "jsb_dmm_iaf"])
+def test_the_best_record_of_a_shipped_log_is_its_shipped_weights(name):
+    state = torch.load(pretrained.pretrained_dir(name) / "model.pt", weights_only=True)
+    best = pretrained.best_record(pretrained.training_log(name))
+    assert (best["epoch"], best["valid_bound"]) == (
+        state["epoch"],
+        state["valid_bound"],
+    )
