@@ -1,4 +1,4 @@
-"""Piano rolls for eyes and ears: plots, music21 streams, MIDI, audio, scores, statistics.
+"""Piano rolls for eyes and ears: plots, streams, MIDI, audio, scores, statistics.
 
 Introduced in chapter 02 (``notebooks/02_jsb_chorales.ipynb``: the plot and
 the synthesised audio); chapter 07 (``notebooks/07_evaluation_and_music.ipynb``)
@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from dmm_helpers.checks import write_bytes
+from dmm_helpers.checks import finite_number, positive_int, write_bytes
 from dmm_helpers.data import (
     LOWEST_NOTE,
     NUM_NOTES,
@@ -90,7 +90,8 @@ def as_roll(roll: Any, *, binary: bool, width: int = NUM_NOTES) -> np.ndarray:
         roll = roll.detach().cpu().numpy()
     if not isinstance(roll, np.ndarray):
         raise TypeError(
-            f"a piano roll must be a torch tensor or numpy array, got {type(roll).__name__}"
+            "a piano roll must be a torch tensor or numpy array, "
+            f"got {type(roll).__name__}"
         )
     if roll.ndim != 2:
         raise ValueError(
@@ -148,11 +149,6 @@ def _note_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     keys, starts = np.nonzero(edges > 0)
     _, stops = np.nonzero(edges < 0)
     return keys, starts, stops
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def plot_piano_roll(
@@ -264,7 +260,7 @@ def synthesize(
         in [-peak, peak].
     """
     values = as_roll(roll, binary=True)  # (T, 88)
-    _check_positive_int("sample_rate", sample_rate)
+    positive_int("sample_rate", sample_rate)
     _check_seconds_per_step(seconds_per_step)
     _check_peak(peak)
     if not harmonics or any(a < 0 for a in harmonics):
@@ -302,17 +298,17 @@ def synthesize(
 
 
 def _check_seconds_per_step(seconds_per_step: Any) -> None:
-    if not seconds_per_step > 0:
-        raise ValueError(f"seconds_per_step must be positive, got {seconds_per_step!r}")
+    finite_number(
+        "seconds_per_step", seconds_per_step, minimum=0, include_minimum=False
+    )
 
 
 def _check_peak(peak: Any) -> None:
-    if not 0 < peak <= 1:
-        raise ValueError(f"peak must lie in (0, 1], got {peak!r}")
+    finite_number("peak", peak, minimum=0, include_minimum=False, maximum=1)
 
 
 def _normalise(wave: np.ndarray, peak: float) -> np.ndarray:
-    """Scale so that the largest magnitude is ``peak`` (silence stays silent); float32."""
+    """Scale to the largest magnitude ``peak`` (silence stays silent), as float32."""
     largest = np.abs(wave).max() if wave.size else 0.0
     if largest > 0:
         wave = wave * (peak / largest)
@@ -325,13 +321,8 @@ def _normalise(wave: np.ndarray, peak: float) -> np.ndarray:
 
 
 def _check_tempo(tempo_bpm: Any) -> float:
-    if isinstance(tempo_bpm, bool) or not isinstance(tempo_bpm, (int, float)):
-        raise TypeError(f"tempo_bpm must be a number, got {tempo_bpm!r}")
-    if not (np.isfinite(tempo_bpm) and tempo_bpm > 0):
-        raise ValueError(
-            f"tempo_bpm must be a positive number of quarter notes a minute, got {tempo_bpm!r}"
-        )
-    return float(tempo_bpm)
+    """``tempo_bpm`` as a float: quarter notes a minute, finite and > 0."""
+    return finite_number("tempo_bpm", tempo_bpm, minimum=0, include_minimum=False)
 
 
 def _check_program(program: Any) -> int:
@@ -505,7 +496,7 @@ def read_midi(path: str | os.PathLike) -> torch.Tensor:
         raise FileNotFoundError(f"no MIDI file at {path}")
     try:
         score = music21.converter.parseFile(path, format="midi", forceSource=True)
-    except Exception as error:  # noqa: BLE001 -- music21 raises many types; name the file
+    except Exception as error:  # noqa: BLE001 -- music21 raises many types
         raise ValueError(f"music21 could not read {path} as MIDI: {error}") from error
     try:
         return stream_to_roll(score)
@@ -521,7 +512,7 @@ def midi_download_link(
     tempo_bpm: float = DEFAULT_TEMPO_BPM,
     program: int = DEFAULT_PROGRAM,
 ) -> Any:
-    """An HTML link that downloads the roll as a MIDI file, with the file inside the page.
+    """An HTML link that downloads the roll as a MIDI file kept inside the page.
 
     The MIDI bytes are embedded as a base64 ``data:`` URL, so the link keeps
     working on a static website with no file next to the page.
@@ -541,7 +532,8 @@ def midi_download_link(
     ).decode("ascii")
     label = html.escape(text if text is not None else f"download {filename}")
     return HTML(
-        f'<a download="{html.escape(filename)}" href="data:audio/midi;base64,{payload}">{label}</a>'
+        f'<a download="{html.escape(filename)}" '
+        f'href="data:audio/midi;base64,{payload}">{label}</a>'
     )
 
 
@@ -582,11 +574,12 @@ def find_fluidsynth() -> FluidSynthSetup | None:
 
 
 def _read_wav(raw: bytes) -> tuple[np.ndarray, int]:
-    """A 16-bit PCM WAV file's bytes as a mono float64 waveform in [-1, 1] and its rate."""
+    """A 16-bit PCM WAV file's bytes as a mono float64 wave in [-1, 1], and its rate."""
     with wave.open(io.BytesIO(raw)) as file:
         if file.getsampwidth() != 2:
             raise RuntimeError(
-                f"expected 16-bit samples from FluidSynth, got {8 * file.getsampwidth()}-bit"
+                "expected 16-bit samples from FluidSynth, "
+                f"got {8 * file.getsampwidth()}-bit"
             )
         channels, rate = file.getnchannels(), file.getframerate()
         frames = np.frombuffer(file.readframes(file.getnframes()), dtype="<i2")
@@ -636,7 +629,8 @@ def render_fluidsynth(
         or not 8000 <= sample_rate <= 96000
     ):
         raise ValueError(
-            f"sample_rate must be an integer in 8000..96000 for FluidSynth, got {sample_rate!r}"
+            "sample_rate must be an integer in 8000..96000 for FluidSynth, "
+            f"got {sample_rate!r}"
         )
     _check_seconds_per_step(seconds_per_step)
     _check_peak(peak)
@@ -647,9 +641,9 @@ def render_fluidsynth(
         soundfont = find_soundfont()
     if executable is None or soundfont is None:
         raise RuntimeError(
-            "FluidSynth with a General MIDI soundfont is not installed (on Debian or Ubuntu: "
-            f"apt-get install fluidsynth fluid-soundfont-gm; or set {SOUNDFONT_ENV} to a .sf2 "
-            "file); audio() falls back to numpy synthesis"
+            "FluidSynth with a General MIDI soundfont is not installed (on Debian "
+            "or Ubuntu: apt-get install fluidsynth fluid-soundfont-gm; or set "
+            f"{SOUNDFONT_ENV} to a .sf2 file); audio() falls back to numpy synthesis"
         )
     soundfont = Path(soundfont)
     if not soundfont.is_file():
@@ -674,7 +668,9 @@ def render_fluidsynth(
             "-r",
             str(sample_rate),
             "-g",
-            "0.2",  # FluidSynth's default gain, fixed: a dense roll of ~30 keys stays below 0.4
+            # FluidSynth's default gain, fixed: a dense roll of ~30 keys stays
+            # below 0.4.
+            "0.2",
             str(soundfont),
             str(midi_path),
         ]
@@ -747,7 +743,8 @@ class RollAudio:
         )
 
     def __repr__(self) -> str:
-        return f"<RollAudio: {self.wave.size / self.rate:.1f} s at {self.rate} Hz; {self.description}>"
+        seconds = self.wave.size / self.rate
+        return f"<RollAudio: {seconds:.1f} s at {self.rate} Hz; {self.description}>"
 
 
 _SYNTHESIS_SETTINGS = (
@@ -798,8 +795,9 @@ def audio(
     setup = find_fluidsynth() if backend != "numpy" and not kwargs else None
     if backend == "fluidsynth" and setup is None:
         raise RuntimeError(
-            "backend='fluidsynth' but FluidSynth or a General MIDI soundfont is not installed "
-            "(on Debian or Ubuntu: apt-get install fluidsynth fluid-soundfont-gm)"
+            "backend='fluidsynth' but FluidSynth or a General MIDI soundfont is not "
+            "installed (on Debian or Ubuntu: apt-get install fluidsynth "
+            "fluid-soundfont-gm)"
         )
     if setup is not None:
         wave_ = render_fluidsynth(
@@ -866,7 +864,7 @@ def roll_to_score(
         )
     try:
         meter.TimeSignature(time_signature)
-    except Exception as error:  # noqa: BLE001 -- music21's MeterException; say what was wrong
+    except Exception as error:  # noqa: BLE001 -- music21's MeterException
         raise ValueError(
             f"time_signature {time_signature!r} is not a metre music21 knows: {error}"
         ) from error
@@ -906,7 +904,7 @@ def roll_to_score(
 
 
 def _crop_and_stack(pages: list[Path], margin: int = 12) -> bytes:
-    """Crop each page image to its ink, stack them, and frame them with ``margin`` white pixels."""
+    """Crop each page image to its ink, stack them, frame them in white ``margin``."""
     from PIL import Image, ImageOps
 
     pieces = []
@@ -959,7 +957,7 @@ def score_image(
             "score images need LilyPond, which is not installed (on Debian or Ubuntu: "
             "apt-get install lilypond); find_lilypond() says whether it is"
         )
-    _check_positive_int("resolution", resolution)
+    positive_int("resolution", resolution)
     score = roll_to_score(roll, time_signature=time_signature)
     with tempfile.TemporaryDirectory(prefix="dmm-lilypond-") as folder:
         ly_file = score.write("lily", fp=Path(folder) / "score.ly")
@@ -1014,7 +1012,7 @@ _MAJOR_SCALE = (
 
 
 def _as_rolls(rolls: Any) -> list[np.ndarray]:
-    """One roll ``(T, 88)``, a batch ``(N, T, 88)`` or a list of rolls -> validated 0/1 arrays."""
+    """One roll ``(T, 88)``, a batch ``(N, T, 88)`` or a list -> checked 0/1 arrays."""
     if hasattr(rolls, "detach") or isinstance(rolls, np.ndarray):
         array = rolls.detach().cpu().numpy() if hasattr(rolls, "detach") else rolls
         if array.ndim == 3:
@@ -1059,13 +1057,31 @@ def notes_per_step(rolls: Any) -> np.ndarray:
     )
 
 
+def pitch_classes_per_step(rolls: Any) -> np.ndarray:
+    """How many sounding keys of each pitch class C, C#, ..., B each step has.
+
+    ``n_{t,c} = sum_{k: (21 + k) mod 12 = c} x_{t,k}``: the roll folded onto
+    one octave, bin 0 being C (MIDI 60 mod 12 = 0). Steps of all rolls in
+    order, as :func:`notes_per_step` (one roll ``(T, 88)``, a batch
+    ``(N, T, 88)`` or a list of rolls); a row sums to that step's number of
+    notes.
+
+    Returns:
+        int64 array ``(sum of the T's, 12)``.
+    """
+    values = np.concatenate(_as_rolls(rolls))  # (steps, 88)
+    fold = np.zeros((NUM_NOTES, 12))  # (88, 12): key k -> its pitch class
+    fold[np.arange(NUM_NOTES), (LOWEST_NOTE + np.arange(NUM_NOTES)) % 12] = 1
+    return (values @ fold).astype(np.int64)
+
+
 def pitch_class_histogram(rolls: Any) -> np.ndarray:
     """The share of sounding time spent on each pitch class C, C#, ..., B.
 
-    ``h_c = sum_{t,k: (21 + k) mod 12 = c} x_{t,k} / sum_{t,k} x_{t,k}``,
-    pooled over all rolls: every step a key sounds counts once, so a held
-    half note weighs as much as two struck quarters (the roll cannot tell
-    them apart anyway). Bin 0 is C (MIDI 60 mod 12 = 0).
+    ``h_c = sum_t n_{t,c} / sum_{t,c} n_{t,c}`` with ``n`` the counts of
+    :func:`pitch_classes_per_step`, pooled over all rolls: every step a key
+    sounds counts once, so a held half note weighs as much as two struck
+    quarters (the roll cannot tell them apart anyway). Bin 0 is C.
 
     Returns:
         float64 array ``(12,)`` summing to 1.
@@ -1073,10 +1089,7 @@ def pitch_class_histogram(rolls: Any) -> np.ndarray:
     Raises:
         ValueError: no note sounds in any roll.
     """
-    counts = np.zeros(12)
-    for roll in _as_rolls(rolls):
-        per_key = roll.sum(axis=0)  # (88,)
-        np.add.at(counts, (LOWEST_NOTE + np.arange(NUM_NOTES)) % 12, per_key)
+    counts = pitch_classes_per_step(rolls).sum(axis=0).astype(np.float64)  # (12,)
     total = counts.sum()
     if total == 0:
         raise ValueError(
@@ -1127,30 +1140,132 @@ def scale_consistency(rolls: Any) -> np.ndarray:
     return np.array(scores)
 
 
+def pitch_class_distance(first: Any, second: Any) -> float:
+    """Total variation distance between two pitch-class histograms, in [0, 1].
+
+    ``d = (1/2) sum_c |p_c - q_c|``: the share of sounding time that would
+    have to move to another pitch class to turn one histogram into the
+    other; 0 for equal histograms, 1 for music sharing no pitch class.
+    Each argument is a histogram ``(12,)`` (:func:`pitch_class_histogram`)
+    or a :class:`MusicStatistics`, whose histogram is used.
+    """
+    histograms = []
+    for value in (first, second):
+        if isinstance(value, MusicStatistics):
+            value = value.pitch_class_histogram
+        histogram = np.asarray(value, dtype=np.float64)
+        if histogram.shape != (12,):
+            raise ValueError(
+                "expected a pitch-class histogram of shape (12,) or a "
+                f"MusicStatistics, got shape {histogram.shape}"
+            )
+        histograms.append(histogram)
+    return 0.5 * float(np.abs(histograms[0] - histograms[1]).sum())
+
+
+def mean_pitch(rolls: Any) -> float:
+    """The mean MIDI number of the sounding notes, each counted once a step.
+
+    ``sum_{t,k} x_{t,k} (21 + k) / sum_{t,k} x_{t,k}`` pooled over all rolls,
+    so a note held for two steps weighs twice; middle C is 60. NaN when
+    nothing sounds.
+    """
+    per_key = sum(roll.sum(axis=0) for roll in _as_rolls(rolls))  # (88,)
+    total = per_key.sum()
+    if total == 0:
+        return float("nan")
+    return float(per_key @ (LOWEST_NOTE + np.arange(NUM_NOTES)) / total)
+
+
+def mean_pitch_per_step(rolls: Any, *, silent: float = float("nan")) -> np.ndarray:
+    """The mean MIDI number of the keys sounding at each step, steps of all rolls.
+
+    ``sum_k x_{t,k} (21 + k) / sum_k x_{t,k}``; a step where nothing sounds
+    gets ``silent`` (NaN by default; 0 keeps a correlation over steps
+    defined, as chapter 07's has it). Accepts what :func:`notes_per_step`
+    accepts.
+
+    Returns:
+        float64 array ``(sum of the T's,)``.
+    """
+    values = np.concatenate(_as_rolls(rolls))  # (steps, 88)
+    counts = values.sum(axis=1)  # (steps,)
+    pitch_sums = values @ (LOWEST_NOTE + np.arange(NUM_NOTES))  # (steps,)
+    sounding = counts > 0
+    means = np.full(counts.shape, float(silent))
+    means[sounding] = pitch_sums[sounding] / counts[sounding]
+    return means
+
+
+def held_chords(rolls: Any) -> float:
+    """The share of steps that repeat the whole step before, key for key.
+
+    Taken over every step but the first of each roll: ``x_t = x_{t-1}``,
+    silence after silence included. A half note in every voice, or a
+    fermata, makes such a step; in Bach's chorales about one step in ten.
+    NaN when no roll has two steps.
+    """
+    repeats = [(roll[1:] == roll[:-1]).all(axis=1) for roll in _as_rolls(rolls)]
+    pairs = np.concatenate(repeats)  # (sum of the (T - 1)'s,)
+    return float(pairs.mean()) if pairs.size else float("nan")
+
+
+def note_motion(rolls: Any) -> np.ndarray:
+    """For each note of a step, the semitones to the nearest note of the step before.
+
+    ``min_{j: x_{t-1,j} = 1} |k - j|`` for every ``k`` with ``x_{t,k} = 1``,
+    over the steps ``t >= 1`` whose step before sounds: 0 for a held or
+    repeated note, 1 or 2 for a step in a melodic line, 5 or more for a leap
+    of a fourth or wider (or a voice entering far from the others). Ordered
+    roll by roll, then by step, then by key.
+
+    Returns:
+        int64 array, one entry per such note (empty when there is none).
+    """
+    keys = np.arange(NUM_NOTES)
+    motions = []
+    for roll in _as_rolls(rolls):
+        on = roll > 0  # (T, 88)
+        # The nearest sounding key at or below and at or above each key, per step.
+        below = np.maximum.accumulate(np.where(on, keys, -np.inf), axis=1)
+        above = np.minimum.accumulate(np.where(on, keys, np.inf)[:, ::-1], axis=1)
+        nearest = np.minimum(keys - below, above[:, ::-1] - keys)  # (T, 88)
+        moved = on[1:] & on[:-1].any(axis=1, keepdims=True)  # (T - 1, 88)
+        motions.append(nearest[:-1][moved])
+    return np.concatenate(motions).astype(np.int64)
+
+
 class MusicStatistics(NamedTuple):
-    """Summary statistics of a collection of piano rolls (see :func:`music_statistics`)."""
+    """Summary statistics of a collection of piano rolls (:func:`music_statistics`)."""
 
     notes_per_step: float  # mean number of keys sounding per step
     four_note_steps: float  # share of steps with exactly four keys sounding
     silent_steps: float  # share of steps with no key sounding
-    mean_note_duration: float  # mean length of a note, in steps (NaN when none sounds)
-    scale_consistency: float  # mean over the sounding rolls (NaN when none sounds)
+    mean_note_duration: float  # mean length of a note, in steps (NaN: none sounds)
+    scale_consistency: float  # mean over the sounding rolls (NaN: none sounds)
     pitch_class_histogram: np.ndarray  # (12,), C first; NaN when nothing sounds
+    mean_pitch: float  # mean MIDI number of the sounding notes (NaN: none sounds)
+    held_chords: float  # share of steps repeating the step before (held_chords)
+    mean_note_motion: float  # mean of note_motion, semitones (NaN: no such note)
 
 
 def music_statistics(rolls: Any) -> MusicStatistics:
-    """Polyphony, note lengths and pitch content of rolls, for comparing music with music.
+    """Polyphony, note lengths, motion and pitch content of rolls, to compare music.
 
     One roll ``(T, 88)``, a batch ``(N, T, 88)`` or a list of rolls. Step
     averages pool all steps of all rolls; ``scale_consistency`` averages the
-    per-roll scores of :func:`scale_consistency`. In the JSB chorales four
-    keys sound on most steps, notes last one or two quarters, and nearly all
-    sounding time lies in one major scale per chorale.
+    per-roll scores of :func:`scale_consistency`; ``mean_pitch``,
+    ``held_chords`` and ``mean_note_motion`` are :func:`mean_pitch`,
+    :func:`held_chords` and the mean of :func:`note_motion`. In the JSB
+    chorales four keys sound on most steps, notes last one or two quarters,
+    nearly all sounding time lies in one major scale per chorale, and a note
+    lies a semitone or two from the nearest note of the chord before.
     """
     checked = _as_rolls(rolls)
     counts = notes_per_step(checked)
     durations = note_durations(checked)
     consistency = scale_consistency(checked)
+    motion = note_motion(checked)
     sounding = ~np.isnan(consistency)
     return MusicStatistics(
         notes_per_step=float(counts.mean()),
@@ -1163,4 +1278,7 @@ def music_statistics(rolls: Any) -> MusicStatistics:
         pitch_class_histogram=(
             pitch_class_histogram(checked) if durations.size else np.full(12, np.nan)
         ),
+        mean_pitch=mean_pitch(checked),
+        held_chords=held_chords(checked),
+        mean_note_motion=float(motion.mean()) if motion.size else float("nan"),
     )

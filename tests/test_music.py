@@ -35,13 +35,19 @@ from dmm_helpers.music import (  # noqa: E402
     audio,
     find_fluidsynth,
     find_lilypond,
+    held_chords,
+    mean_pitch,
+    mean_pitch_per_step,
     midi_bytes,
     midi_download_link,
     music_statistics,
     note_durations,
+    note_motion,
     note_name,
     notes_per_step,
+    pitch_class_distance,
     pitch_class_histogram,
+    pitch_classes_per_step,
     plot_piano_roll,
     read_midi,
     render_fluidsynth,
@@ -212,10 +218,10 @@ def test_bad_rolls_are_refused(roll, error, pattern):
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"sample_rate": 0}, "sample_rate must be a positive integer"),
-        ({"sample_rate": 8000.0}, "sample_rate must be a positive integer"),
-        ({"seconds_per_step": 0.0}, "seconds_per_step must be positive"),
-        ({"peak": 1.5}, r"peak must lie in \(0, 1\]"),
+        ({"sample_rate": 0}, "sample_rate must be a positive int, got 0"),
+        ({"sample_rate": 8000.0}, "sample_rate must be a positive int, got 8000.0"),
+        ({"seconds_per_step": 0.0}, "seconds_per_step must be a finite number > 0"),
+        ({"peak": 1.5}, "peak must be a finite number > 0 and <= 1, got 1.5"),
         ({"harmonics": ()}, "harmonics must be non-negative"),
         ({"decay_seconds": 0.0}, "decay_seconds must be positive"),
     ],
@@ -309,7 +315,8 @@ def _notes_of(score) -> list[tuple[float, float, int]]:
     )
 
 
-# Holds, re-entries after a rest, a silent step inside, two voices crossing onto one key.
+# Holds, re-entries after a rest, a silent step inside, two voices crossing onto
+# one key.
 HAND_MADE = _roll(
     7,
     {
@@ -495,11 +502,11 @@ def test_bad_stream_inputs(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "pattern"),
     [
-        ({"tempo_bpm": 0}, ValueError, "tempo_bpm must be a positive number"),
+        ({"tempo_bpm": 0}, ValueError, "tempo_bpm must be a finite number > 0"),
         (
             {"tempo_bpm": float("inf")},
             ValueError,
-            "tempo_bpm must be a positive number",
+            "tempo_bpm must be a finite number > 0, got inf",
         ),
         ({"tempo_bpm": "fast"}, TypeError, "tempo_bpm must be a number"),
         (
@@ -786,7 +793,8 @@ def test_pitch_class_histogram_by_hand():
 
 
 def test_note_durations_by_hand():
-    # C4: 2 steps, then 1; C#4: 1; D4: 1; E4: 2, then 1; G4: 2, then 1; C5: 1 (key order).
+    # In key order: C4: 2 steps, then 1; C#4: 1; D4: 1; E4: 2, then 1; G4: 2,
+    # then 1; C5: 1.
     assert note_durations(STATS_ROLL).tolist() == [2, 1, 1, 1, 2, 1, 2, 1, 1]
     assert note_durations(np.zeros((3, 88))).tolist() == []
     assert note_durations(_held(60, 5)).tolist() == [
@@ -816,11 +824,97 @@ def test_music_statistics_summarises_by_hand():
     assert stats.mean_note_duration == pytest.approx(12 / 9)
     assert stats.scale_consistency == pytest.approx(11 / 12)
     assert np.allclose(stats.pitch_class_histogram, pitch_class_histogram(STATS_ROLL))
+    assert stats.mean_pitch == 64.0
+    assert stats.held_chords == pytest.approx(1 / 5)
+    assert stats.mean_note_motion == pytest.approx(3 / 5)
     silent = music_statistics(np.zeros((4, 88)))
     assert silent.silent_steps == 1.0 and np.isnan(silent.mean_note_duration)
     assert np.isnan(silent.scale_consistency) and np.all(
         np.isnan(silent.pitch_class_histogram)
     )
+    assert np.isnan(silent.mean_pitch) and np.isnan(silent.mean_note_motion)
+    assert silent.held_chords == 1.0  # silence held throughout
+
+
+def test_pitch_classes_per_step_by_hand():
+    expected = np.zeros((6, 12), dtype=np.int64)
+    expected[[0, 1, 4], 0] = 1  # C4
+    expected[4, 0] += 1  # and C5
+    expected[[0, 1, 4], 4] = 1  # E4
+    expected[[0, 1, 4], 7] = 1  # G4
+    expected[2, 2] = 1  # D4
+    expected[5, 1] = 1  # C#4
+    assert np.array_equal(pitch_classes_per_step(STATS_ROLL), expected)
+    assert pitch_classes_per_step(STATS_ROLL).dtype == np.int64
+    both = pitch_classes_per_step([STATS_ROLL, _held(21, 2)])  # A0 is an A
+    assert both.shape == (8, 12) and both[6:, 9].tolist() == [1, 1]
+
+
+def test_mean_pitch_by_hand():
+    # (3 * 60 + 3 * 64 + 3 * 67 + 62 + 72 + 61) / 12 sounding (step, key) pairs.
+    assert mean_pitch(STATS_ROLL) == (768 / 12) == 64.0
+    assert mean_pitch([_held(40, 3), _held(50, 1)]) == 42.5  # weighted by steps
+    assert np.isnan(mean_pitch(np.zeros((2, 88))))
+    per_step = mean_pitch_per_step(STATS_ROLL)
+    expected = [191 / 3, 191 / 3, 62, np.nan, 263 / 4, 61]
+    assert np.allclose(per_step, expected, equal_nan=True)
+    assert mean_pitch_per_step(STATS_ROLL, silent=0.0)[3] == 0.0
+
+
+def test_held_chords_by_hand():
+    # Step 1 repeats step 0; steps 2 to 5 each differ from the step before.
+    assert held_chords(STATS_ROLL) == pytest.approx(1 / 5)
+    # Pairs are taken within each roll: 1 of 5 here, 2 of 2 in the held note.
+    assert held_chords([STATS_ROLL, _held(60, 3)]) == pytest.approx(3 / 7)
+    assert np.isnan(held_chords(_held(60, 1)))
+
+
+def test_note_motion_by_hand():
+    # Step 1: C4 E4 G4 over C4 E4 G4: 0, 0, 0. Step 2: D4, two semitones from
+    # C4 and from E4. Step 3 is silent; step 4 follows silence; step 5: C#4,
+    # a semitone from C4.
+    assert note_motion(STATS_ROLL).tolist() == [0, 0, 0, 2, 1]
+    assert note_motion(STATS_ROLL).dtype == np.int64
+    leap = _roll(2, {0: [48, 72], 1: [60, 61, 71]})  # nearest: 48 or 72, 72, 72
+    assert note_motion(leap).tolist() == [12, 11, 1]
+    # Steps of different rolls are never compared.
+    assert note_motion([_held(40, 1), _held(80, 1)]).tolist() == []
+
+
+def _note_motion_by_loops(rolls):
+    """note_motion, written out with loops over steps and keys."""
+    motion = []
+    for roll in rolls:
+        for t in range(1, len(roll)):
+            before = [k for k in range(88) if roll[t - 1, k]]
+            for k in range(88):
+                if roll[t, k] and before:
+                    motion.append(min(abs(k - j) for j in before))
+    return motion
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_note_motion_matches_loops_on_random_rolls(seed):
+    rng = np.random.default_rng(seed)
+    rolls = [
+        (rng.random((rng.integers(1, 6), 88)) < rng.choice([0.02, 0.1])).astype(float)
+        for _ in range(3)
+    ]
+    assert note_motion(rolls).tolist() == _note_motion_by_loops(rolls)
+
+
+def test_pitch_class_distance_by_hand():
+    c, d = np.eye(12)[0], np.eye(12)[2]
+    assert pitch_class_distance(c, d) == 1.0
+    assert pitch_class_distance(c, c) == 0.0
+    assert pitch_class_distance(c, (c + d) / 2) == 0.5
+    stats = music_statistics(STATS_ROLL)
+    assert pitch_class_distance(stats, stats.pitch_class_histogram) == 0.0
+    # STATS_ROLL's histogram is C 4, C# 1, D 1, E 3, G 3 (of 12): C holds 4/12.
+    assert pitch_class_distance(stats, c) == pytest.approx(1 - 4 / 12)
+    with pytest.raises(ValueError, match=r"shape \(12,\) or a MusicStatistics"):
+        pitch_class_distance(np.ones(11) / 11, c)
 
 
 def test_statistics_accept_one_roll_a_batch_or_a_list():
@@ -880,6 +974,11 @@ def test_bad_statistics_inputs(rolls, error, pattern):
         note_durations,
         scale_consistency,
         music_statistics,
+        pitch_classes_per_step,
+        mean_pitch,
+        mean_pitch_per_step,
+        held_chords,
+        note_motion,
     ):
         with pytest.raises(error, match=pattern):
             function(rolls)
