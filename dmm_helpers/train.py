@@ -62,7 +62,7 @@ from dmm_helpers.checkpoint import (
 from dmm_helpers.checks import finite_number, positive_int
 from dmm_helpers.data import Batch, load_data, make_batch, minibatches
 from dmm_helpers.devices import DEVICES, resolve_device
-from dmm_helpers.dmm import DMM, DMMConfig
+from dmm_helpers.dmm import DMM, GUIDES, DMMConfig
 from dmm_helpers.elbo import elbo
 
 
@@ -102,6 +102,7 @@ class TrainConfig:
     rnn_dropout: float = 0.0  # dropout between stacked RNN layers (rnn_layers > 1)
     num_iafs: int = 0  # inverse autoregressive flows in the guide
     iaf_dim: int = 100  # hidden units of each flow's network
+    guide: str = "st-r"  # inference network: st-r, st-l, st-lr, mf-l or mf-lr
 
     def command(self) -> str:
         """The command line that trains with these settings.
@@ -135,6 +136,7 @@ class TrainConfig:
             rnn_dropout=self.rnn_dropout,
             num_iafs=self.num_iafs,
             iaf_dim=self.iaf_dim,
+            guide=self.guide,
         )
 
 
@@ -144,7 +146,11 @@ class TrainConfig:
 FLAG_NAMES = {"kl_estimator": "kl"}
 
 # Flags with a fixed set of values: the parser lists them and refuses others.
-FLAG_CHOICES = {"kl_estimator": ("analytic", "sampled"), "device": DEVICES}
+FLAG_CHOICES = {
+    "kl_estimator": ("analytic", "sampled"),
+    "device": DEVICES,
+    "guide": GUIDES,
+}
 
 # Flags that may change when a run is resumed; any other change is an error,
 # because the continued run would no longer be the run that was started.
