@@ -38,20 +38,18 @@ from dmm_helpers.dmm import DMM, DMMConfig
 
 CHECKPOINT_FORMAT = 1
 
-# What --resume needs besides the weights; best.pt, for one, holds only the weights.
-TRAINING_STATE = frozenset(
-    {
-        "train_config",
-        "optimizer",
-        "rng",
-        "epoch",
-        "batch_in_epoch",
-        "step",
-        "skipped_steps",
-        "elapsed",
-        "best_valid",
-    }
+# Where a run stands: the counters a Trainer keeps and checkpoint.pt stores.
+RUN_POSITION = (
+    "epoch",
+    "batch_in_epoch",
+    "step",
+    "skipped_steps",
+    "elapsed",
+    "best_valid",
 )
+
+# What --resume needs besides the weights; best.pt, for one, holds only the weights.
+TRAINING_STATE = frozenset({"train_config", "optimizer", "rng", *RUN_POSITION})
 
 
 class CheckpointError(ValueError):

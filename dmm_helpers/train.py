@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 # checkpoint module existed; new code imports them from dmm_helpers.checkpoint.
 from dmm_helpers.checkpoint import (
     CHECKPOINT_FORMAT,
+    RUN_POSITION,
     CheckpointError,
     RunFolder,
     load_checkpoint,  # noqa: F401
@@ -345,14 +346,7 @@ class Trainer:
                 )
             self.averaged.load_state_dict(saved["averaged"])
         self.optimizer.load_state_dict(saved["optimizer"])
-        for key in (
-            "epoch",
-            "batch_in_epoch",
-            "step",
-            "skipped_steps",
-            "elapsed",
-            "best_valid",
-        ):
+        for key in RUN_POSITION:
             setattr(self, key, saved[key])
         # Absent from checkpoints written before these were kept: start afresh.
         self.epoch_loss = saved.get("epoch_loss", 0.0)
