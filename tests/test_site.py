@@ -7,8 +7,10 @@ driven by Playwright. For each page: no console errors and no failed
 requests, all math typeset by MathJax, every image loaded with a non-zero
 size, audio players that decode on the chapters that have sound, exercise
 solutions hidden until clicked and shown after a click, internal links that
-resolve, and launch buttons that open this chapter's notebook in Colab and
-Binder. A screenshot of each page is saved to ``test-artifacts/screenshots``.
+resolve, launch buttons that open this chapter's notebook in Colab and
+Binder, and no code, output or code in the text wider than the article's
+column (no sideways scrolling). A screenshot of each page is saved to
+``test-artifacts/screenshots``.
 
 The checks are plain functions of a page, and ``test_the_checker_*`` feeds
 them broken pages to show that they fail when a page is broken.
@@ -56,12 +58,12 @@ playwright_api = pytest.importorskip(
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
-    reason="Chromium is not installed (the test command installs Debian's chromium as root)",
+    reason="Chromium is not installed (the test command installs Debian's chromium)",
 )
 
 
 def toc_pages() -> list[str]:
-    """Every page of the table of contents, as paths relative to the site root, without suffix."""
+    """Every page of the table of contents: paths from the site root, no suffix."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     pages = [toc["root"]]
 
@@ -81,7 +83,7 @@ def toc_pages() -> list[str]:
 
 @pytest.fixture(scope="module")
 def site() -> Path:
-    """Build the website in smoke mode, exactly as the book build does but with CI set."""
+    """Build the website in smoke mode: as the book build does, with CI set."""
     output = ARTIFACTS / "site"
     env = {**os.environ, "CI": "true"}
     stamp = [sys.executable, str(ROOT / ".ci" / "cache_stamp.py")]
@@ -153,7 +155,8 @@ class Visit:
             "console",
             lambda message: (
                 self.errors.append(
-                    f"console {message.type}: {message.text} ({message.location.get('url', '')})"
+                    f"console {message.type}: {message.text} "
+                    f"({message.location.get('url', '')})"
                 )
                 if message.type == "error"
                 else None
@@ -181,7 +184,7 @@ class Visit:
 
 
 def typeset_problems(page) -> list[str]:
-    """Math left as TeX: MathJax missing, failed, or a formula it did not turn into output."""
+    """Math left as TeX: MathJax missing or failed, or a formula it did not typeset."""
     has_mathjax = page.evaluate(
         "() => !!(window.MathJax && MathJax.startup && MathJax.startup.promise)"
     )
@@ -196,16 +199,19 @@ def typeset_problems(page) -> list[str]:
     problems = []
     untypeset = page.evaluate(
         "() => Array.from(document.querySelectorAll('.math'))"
-        ".filter(el => !el.querySelector('mjx-container')).map(el => el.textContent.slice(0, 60))"
+        ".filter(el => !el.querySelector('mjx-container'))"
+        ".map(el => el.textContent.slice(0, 60))"
     )
     problems += [f"formula not typeset: {text!r}" for text in untypeset]
     errors = page.locator("mjx-merror").count()
     if errors:
         problems.append(f"{errors} formulas typeset as MathJax errors")
     text = page.evaluate(
-        "() => { const copy = (document.querySelector('main') || document.body).cloneNode(true);"
+        "() => { const copy = (document.querySelector('main') || document.body)"
+        ".cloneNode(true);"
         " copy.querySelectorAll('pre, code, .highlight').forEach(el => el.remove());"
-        " document.body.appendChild(copy); const text = copy.innerText; copy.remove(); return text; }"
+        " document.body.appendChild(copy); const text = copy.innerText;"
+        " copy.remove(); return text; }"
     )
     for leftover in re.findall(r"\$\$.{0,40}|\\\(.{0,40}|\\\[.{0,40}", text):
         problems.append(f"raw TeX left in the page text: {leftover!r}")
@@ -215,7 +221,8 @@ def typeset_problems(page) -> list[str]:
 def image_problems(page) -> list[str]:
     broken = page.evaluate(
         "() => Array.from(document.images)"
-        ".filter(img => !(img.complete && img.naturalWidth > 0 && img.naturalHeight > 0))"
+        ".filter(img => !(img.complete && img.naturalWidth > 0"
+        " && img.naturalHeight > 0))"
         ".map(img => img.getAttribute('src').slice(0, 80))"
     )
     return [f"image did not load: {src}" for src in broken]
@@ -262,7 +269,7 @@ def solution_problems(page) -> list[str]:
 
 
 def link_problems(page, base: str) -> list[str]:
-    """Every link inside the site resolves, and every #fragment names an element of its target."""
+    """Every link inside the site resolves; every #fragment names an element there."""
     links = page.evaluate(
         "() => Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
     )
@@ -302,7 +309,49 @@ def launch_problems(page, page_path: str) -> list[str]:
     return problems
 
 
-def check_page(browser, base: str, page_path: str) -> list[str]:
+WIDTH_CHECK = """() => {
+    const column = document.querySelector('article.bd-article')
+        || document.querySelector('main') || document.body;
+    const right = column.getBoundingClientRect().right + 1;
+    const label = el => {
+        const first = (el.className && typeof el.className === 'string')
+            ? '.' + el.className.trim().split(/\\s+/)[0] : '';
+        return el.tagName.toLowerCase() + first;
+    };
+    const excerpt = el => (el.textContent || el.getAttribute('src') || '')
+        .trim().split('\\n')[0].slice(0, 50);
+    const wide = [];
+    for (const el of column.querySelectorAll('pre, .cell_output, .cell_output *')) {
+        if (el.getClientRects().length === 0) continue;  // hidden: a folded solution
+        const box = el.getBoundingClientRect();
+        if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1) {
+            const what = `holds ${el.scrollWidth}px in ${el.clientWidth}px`;
+            wide.push([el, `${label(el)} ${what}`]);
+        } else if (box.right > right) {
+            const what = `ends ${Math.round(box.right - right)}px past the column`;
+            wide.push([el, `${label(el)} ${what}`]);
+        }
+    }
+    // Report the innermost element only: its parents are wide because of it.
+    return wide
+        .filter(([el]) => !wide.some(([other]) => other !== el && el.contains(other)))
+        .map(([el, what]) => `${what}: ${JSON.stringify(excerpt(el))}`);
+}"""
+
+
+def width_problems(page) -> list[str]:
+    """Code (cells and code in the text) and outputs wider than the article's column.
+
+    A block whose content is wider than its box scrolls sideways (its
+    ``scrollWidth`` exceeds its ``clientWidth``); an output wider than the
+    column spills past it. Hidden blocks (folded solutions) are skipped, so
+    run this after the solutions are opened.
+    """
+    return [f"too wide: {problem}" for problem in page.evaluate(WIDTH_CHECK)]
+
+
+def check_page(browser, base: str, page_path: str) -> tuple[list[str], list[str]]:
+    """What is wrong with a page: everything but widths, and widths."""
     visit = Visit(browser, urljoin(base, f"{page_path}.html"))
     try:
         page = visit.page
@@ -316,15 +365,51 @@ def check_page(browser, base: str, page_path: str) -> list[str]:
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(screenshot), full_page=True)
         problems += solution_problems(page)
-        return visit.errors + problems
+        widths = width_problems(page)  # with the solutions open
+        return visit.errors + problems, widths
     finally:
         visit.close()
 
 
+_checked: dict[str, tuple[list[str], list[str]]] = {}
+
+
+def checked(browser, base: str, page_path: str) -> tuple[list[str], list[str]]:
+    """:func:`check_page`, once per page for the tests below."""
+    if page_path not in _checked:
+        _checked[page_path] = check_page(browser, base, page_path)
+    return _checked[page_path]
+
+
 @pytest.mark.parametrize("page_path", toc_pages())
 def test_page(browser, server, page_path):
-    problems = check_page(browser, server, page_path)
+    problems, _ = checked(browser, server, page_path)
     assert not problems, f"{page_path}:\n  " + "\n  ".join(problems)
+
+
+# Chapters whose code is still being brought within ruff's 88 characters; each
+# mark is strict, so the test fails as soon as the page fits.
+NOT_YET_WITHIN_THE_COLUMN = ("06_", "07_")
+
+
+@pytest.mark.parametrize(
+    "page_path",
+    [
+        pytest.param(
+            path,
+            marks=pytest.mark.xfail(
+                strict=True, reason="chapters 06/07 are being switched over"
+            ),
+        )
+        if Path(path).name.startswith(NOT_YET_WITHIN_THE_COLUMN)
+        else path
+        for path in toc_pages()
+    ],
+)
+def test_code_and_outputs_fit_the_column(browser, server, page_path):
+    """No code cell, output or code in the text scrolls sideways or spills over."""
+    _, widths = checked(browser, server, page_path)
+    assert not widths, f"{page_path}:\n  " + "\n  ".join(widths)
 
 
 def test_the_home_page_leads_to_the_preface(browser, server):
@@ -336,19 +421,28 @@ def test_the_home_page_leads_to_the_preface(browser, server):
 
 
 NO_MATHJAX_PAGE = """<!doctype html><html><head><meta charset="utf-8"></head>
-<body><main><p>A formula nobody typesets: <span class="math">\\(x^2\\)</span></p></main></body></html>"""
+<body><main><p>A formula nobody typesets: <span class="math">\\(x^2\\)</span></p>
+</main></body></html>"""
 
 BROKEN_PAGE = """<!doctype html><html><head><meta charset="utf-8">
-<script>window.MathJax = {tex: {displayMath: []}, options: {processHtmlClass: 'math'}}</script>
+<script>
+window.MathJax = {tex: {displayMath: []}, options: {processHtmlClass: 'math'}}
+</script>
 <script defer src="_static/mathjax/tex-mml-chtml.js"></script></head>
 <body><main>
-<p>Typeset: <span class="math">\\(x^2\\)</span>; malformed: <span class="math">\\(\\begin{nosuchenv}x\\end{nosuchenv}\\)</span></p>
+<p>Typeset: <span class="math">\\(x^2\\)</span>; malformed:
+<span class="math">\\(\\begin{nosuchenv}x\\end{nosuchenv}\\)</span></p>
 <p>Left raw: $$y^2$$; in code it is fine: <code>\\(c\\)</code></p>
 <img src="no-such-image.png" alt="missing">
 <audio controls src="data:audio/wav;base64,AAAA"></audio>
 <a href="no-such-page.html">broken</a> <a href="broken.html#no-such-anchor">anchor</a>
-<div class="solution dropdown admonition" id="visible-solution"><section><p>Shown</p></section></div>
-</main></body></html>"""
+<div class="solution dropdown admonition" id="visible-solution">
+<section><p>Shown</p></section></div>
+<pre style="overflow: auto">WIDE = 1  # LONG_COMMENT</pre>
+<div class="cell_output"><img style="width: 3000px"
+src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"></div>
+<pre style="display: none">HIDDEN = 1  # LONG_COMMENT</pre>
+</main></body></html>""".replace("LONG_COMMENT", "x" * 300)
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +456,8 @@ def broken_pages(site):
 
 
 def test_the_checker_catches_a_broken_page(browser, server, broken_pages):
-    """The same checks on a page with bad TeX, a missing image, bad audio, dead links, a shown solution."""
+    """The checks on a page with bad TeX, a missing image, bad audio, dead links,
+    a shown solution and code too wide for the column."""
     visit = Visit(browser, urljoin(server, "broken.html"))
     try:
         page = visit.page
@@ -380,6 +475,10 @@ def test_the_checker_catches_a_broken_page(browser, server, broken_pages):
             "solution visible-solution is visible before a click"
         ]
         assert launch_problems(page, "notebooks/01_gaussian_state_space_models")
+        widths = width_problems(page)
+        assert len(widths) == 2, widths
+        assert "WIDE = 1" in widths[0] and "holds" in widths[0], widths
+        assert "img" in widths[1] and "past the column" in widths[1], widths
         assert any("HTTP 404" in e for e in visit.errors), visit.errors
     finally:
         visit.close()
