@@ -61,6 +61,22 @@ class ELBOTerms(NamedTuple):
     step_kl: torch.Tensor
 
 
+def gaussian_kl_terms(
+    loc_q: torch.Tensor,
+    scale_q: torch.Tensor,
+    loc_p: torch.Tensor,
+    scale_p: torch.Tensor,
+) -> torch.Tensor:
+    """``KL(N(loc_q, scale_q^2) || N(loc_p, scale_p^2))`` of each coordinate.
+
+    ``KL = 1/2 [r^2 + ((loc_q - loc_p) / scale_p)^2 - 1 - 2 log r]`` with
+    ``r = scale_q / scale_p``. Shapes: ``(..., d)`` each -> ``(..., d)``.
+    """
+    ratio = scale_q / scale_p  # (..., d)
+    distance = (loc_q - loc_p) / scale_p  # (..., d)
+    return 0.5 * (ratio.square() + distance.square() - 1 - 2 * ratio.log())
+
+
 def gaussian_kl(
     loc_q: torch.Tensor,
     scale_q: torch.Tensor,
@@ -69,12 +85,10 @@ def gaussian_kl(
 ) -> torch.Tensor:
     """``KL(N(loc_q, diag(scale_q^2)) || N(loc_p, diag(scale_p^2)))``, summed over dims.
 
-    ``KL = 1/2 sum_k [r_k^2 + ((loc_q,k - loc_p,k) / scale_p,k)^2 - 1 - 2 log r_k]``
-    with ``r = scale_q / scale_p``. Shapes: ``(..., d)`` each -> ``(...)``.
+    The sum over the last dimension of :func:`gaussian_kl_terms`: the
+    coordinates are independent. Shapes: ``(..., d)`` each -> ``(...)``.
     """
-    ratio = scale_q / scale_p  # (..., d)
-    distance = (loc_q - loc_p) / scale_p  # (..., d)
-    return 0.5 * (ratio.square() + distance.square() - 1 - 2 * ratio.log()).sum(-1)
+    return gaussian_kl_terms(loc_q, scale_q, loc_p, scale_p).sum(-1)
 
 
 def _pack(padded: torch.Tensor, lengths: torch.Tensor) -> nn.utils.rnn.PackedSequence:
@@ -154,6 +168,21 @@ def sample_guide(
     )
 
 
+def prior_at_sample(
+    dmm: DMM, z: torch.Tensor, batch_sizes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``loc``, ``scale`` of ``p(z_t | z_{t-1})`` for every packed row of ``z``.
+
+    ``z`` is ``(N, z_dim)`` in ``PackedSequence`` row order with these
+    ``batch_sizes``; the previous state of a first step is the model's
+    ``z_0``, of any other step the row of the same sequence one step before.
+    """
+    sizes = batch_sizes.tolist()
+    z_0 = dmm.z_0.expand(sizes[0], -1)  # (batch, z_dim)
+    z_prev = torch.cat([z_0] + [z_t[:n] for z_t, n in zip(z.split(sizes), sizes[1:])])
+    return dmm.transition(z_prev)  # (N, z_dim) each
+
+
 def elbo_terms(
     dmm: DMM,
     batch: Batch,
@@ -231,11 +260,7 @@ def elbo_terms(
         )
     q = sample_guide(dmm, h, eps)
 
-    # The model's previous state for every row: z_0, then the step before.
-    sizes = h.batch_sizes.tolist()
-    z_0 = dmm.z_0.expand(sizes[0], -1)  # (batch, z_dim)
-    z_prev = torch.cat([z_0] + [z_t[:n] for z_t, n in zip(q.z.split(sizes), sizes[1:])])
-    p_loc, p_scale = dmm.transition(z_prev)  # (N, z_dim) each
+    p_loc, p_scale = prior_at_sample(dmm, q.z, h.batch_sizes)  # (N, z_dim) each
     log_lik = dmm.emission_dist(q.z).log_prob(
         _pack(batch.x, batch.lengths).data
     )  # (N,)

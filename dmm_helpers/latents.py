@@ -1,0 +1,99 @@
+"""What a trained guide does with its latent dimensions (introduced in chapter 08).
+
+A latent dimension that the guide never moves away from the prior costs no
+KL and carries no information about the music: the *posterior collapse* of
+that dimension. Two measures, both per dimension ``u`` of ``z_t``:
+
+- the **KL per dimension**: the closed-form
+  ``KL(q(z_{t,u} | ...) || p(z_{t,u} | z_{t-1}))`` at the sampled
+  ``z_{t-1}``, averaged over the real time steps and the guide's draws. The
+  dimensions' values add up to the ELBO's KL term per step;
+- the **activity** of Burda et al. (2016): ``A_u = Var_x(E_q[z_{t,u}])``,
+  the variance across the data (here every real step of every sequence) of
+  the posterior mean. A dimension is *active* when ``A_u > 0.01``, their
+  threshold: its posterior mean changes with the music.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from dmm_helpers.checks import finite_number, positive_int
+from dmm_helpers.data import make_batch
+from dmm_helpers.dmm import DMM
+from dmm_helpers.elbo import gaussian_kl_terms, prior_at_sample, sample_guide
+
+ACTIVITY_THRESHOLD = 0.01
+"""Burda et al. (2016, section 5.2): a unit is active when ``A_u`` exceeds it."""
+
+
+class LatentUsage(NamedTuple):
+    """Per latent dimension, from :func:`latent_usage`.
+
+    Attributes:
+        kl_per_dimension: ``(z_dim,)`` nats per time step.
+        activity: ``(z_dim,)`` ``A_u``, the variance of the posterior mean.
+    """
+
+    kl_per_dimension: torch.Tensor
+    activity: torch.Tensor
+
+    def active_units(self, threshold: float = ACTIVITY_THRESHOLD) -> int:
+        """How many dimensions have ``A_u > threshold``."""
+        threshold = finite_number("threshold", threshold, minimum=0)
+        return int((self.activity > threshold).sum())
+
+
+@torch.no_grad()
+def latent_usage(
+    model: DMM,
+    sequences: Sequence[torch.Tensor],
+    num_samples: int = 16,
+    *,
+    batch_size: int = 20,
+) -> LatentUsage:
+    """KL per dimension and Burda's activity of a model's guide on ``sequences``.
+
+    ``num_samples`` draws of the guide per sequence estimate the posterior
+    mean ``E_q[z_t]`` (a structured guide's ``z_t`` depends on the sampled
+    ``z_{t-1}``, so it has no closed form) and average the KL. The model is
+    put in eval mode for the duration. Needs a guide without flows, whose
+    ``q(z_t | ...)`` is a diagonal Gaussian with a closed-form KL.
+    """
+    num_samples = positive_int("num_samples", num_samples)
+    batch_size = positive_int("batch_size", batch_size)
+    if model.config.num_iafs > 0:
+        raise ValueError(
+            "latent_usage needs a Gaussian guide: with flows, q(z_t | ...) has no "
+            "closed-form KL per dimension"
+        )
+    if len(sequences) == 0:
+        raise ValueError("no sequences to measure")
+    was_training = model.training
+    model.eval()
+    dtype, device = model.z_0.dtype, model.z_0.device
+    kl_sum = torch.zeros(model.config.z_dim, dtype=torch.float64, device=device)
+    means, steps = [], 0
+    try:
+        for start in range(0, len(sequences), batch_size):
+            chunk = [s.to(dtype) for s in sequences[start : start + batch_size]]
+            batch = make_batch(chunk, device=device)
+            h = model.summarise(batch)  # packed: .data (N, ...)
+            z_shape = (len(h.data), model.config.z_dim)
+            z_sum = torch.zeros(z_shape, dtype=dtype, device=device)  # (N, z_dim)
+            for _ in range(num_samples):
+                q = sample_guide(model, h, torch.randn_like(z_sum))
+                p_loc, p_scale = prior_at_sample(model, q.z, h.batch_sizes)
+                kl = gaussian_kl_terms(q.loc, q.scale, p_loc, p_scale)  # (N, z_dim)
+                kl_sum += kl.sum(0).double()
+                z_sum += q.z
+            means.append((z_sum / num_samples).double())
+            steps += len(h.data)
+    finally:
+        model.train(was_training)
+    posterior_means = torch.cat(means)  # (all steps, z_dim)
+    activity = posterior_means.var(0) if steps > 1 else torch.zeros_like(kl_sum)
+    return LatentUsage(kl_sum / (num_samples * steps), activity)
