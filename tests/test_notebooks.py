@@ -17,7 +17,8 @@ A save cell's first line says which package code it holds:
   and some of its members) and single methods, each decorated first with
   ``@add_to_class(<Class>)`` (:func:`dmm_helpers.display.add_to_class`).
 
-"The same" means the same abstract syntax tree, docstrings included;
+"The same" means the same abstract syntax tree, docstrings included (as
+``inspect.cleandoc`` reads them, so that a method may be dedented);
 ``add_to_class`` is left out of the comparison. When the package changed on
 purpose, ``python tests/test_notebooks.py --sync NOTEBOOK...`` copies the
 package's current text into the save cells (review the diff and the prose).
@@ -56,12 +57,6 @@ SAVE_LINE = re.compile(r"# @save dmm_helpers\.(?P<module>\w+)(?:\.(?P<cls>\w+))?
 DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 SMOKE_LINE = 'smoke_test = "CI" in os.environ'
 
-# Chapters still being switched over to the conventions checked below; each
-# mark is strict, so the test fails as soon as the chapter complies.
-SWITCHING_OVER = pytest.mark.xfail(
-    strict=True, reason="chapters 06/07 are being switched over"
-)
-
 
 def _read(path: Path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=4)
@@ -93,16 +88,6 @@ def _toc_files(node: object) -> list[str]:
         for item in node:
             found.extend(_toc_files(item))
     return found
-
-
-def _chapters(*switching_over: str) -> list:
-    """The notebooks as test parameters, the named ones marked as switching over."""
-    return [
-        pytest.param(path, marks=SWITCHING_OVER)
-        if path.name[:2] in switching_over
-        else path
-        for path in NOTEBOOKS
-    ]
 
 
 # --- save cells ----------------------------------------------------------------
@@ -150,6 +135,22 @@ def _adds_to(decorator: ast.expr, class_name: str) -> bool:
     )
 
 
+def _dump(node: ast.AST) -> str:
+    """``ast.dump`` with every docstring as ``inspect.cleandoc`` reads it.
+
+    A method shown on its own in a cell is dedented, which changes the
+    indentation inside its docstring but not the docstring itself.
+    """
+    node = copy.deepcopy(node)
+    if _is_docstring(node):
+        node.value.value = inspect.cleandoc(node.value.value)
+    for inner in ast.walk(node):
+        body = getattr(inner, "body", None)
+        if isinstance(body, list) and body and _is_docstring(body[0]):
+            body[0].value.value = inspect.cleandoc(body[0].value.value)
+    return ast.dump(node)
+
+
 def _without_first_decorator(node: ast.FunctionDef) -> ast.FunctionDef:
     method = copy.copy(node)
     method.decorator_list = node.decorator_list[1:]
@@ -189,7 +190,7 @@ def _class_part_mismatches(
                 problems.append(f"the header of {class_name} differs from {where}'s")
             body = node.body
             if _is_docstring(package_class.body[0]):
-                if not body or ast.dump(body[0]) != ast.dump(package_class.body[0]):
+                if not body or _dump(body[0]) != _dump(package_class.body[0]):
                     problems.append(
                         f"the opening of {class_name} must start with {where}'s "
                         "docstring"
@@ -205,7 +206,7 @@ def _class_part_mismatches(
                     )
                 elif original is None:
                     problems.append(f"{class_name}.{name} is not defined in {where}")
-                elif ast.dump(original) != ast.dump(statement):
+                elif _dump(original) != _dump(statement):
                     problems.append(f"{class_name}.{name} differs from {where}.{name}")
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             if not node.decorator_list or not _adds_to(
@@ -220,7 +221,7 @@ def _class_part_mismatches(
             original = members.get(node.name)
             if original is None:
                 problems.append(f"{class_name}.{node.name} is not defined in {where}")
-            elif ast.dump(original) != ast.dump(_without_first_decorator(node)):
+            elif _dump(original) != _dump(_without_first_decorator(node)):
                 problems.append(
                     f"{class_name}.{node.name} differs from {where}.{node.name}"
                 )
@@ -275,7 +276,7 @@ def save_cell_mismatches(source: str) -> list[str]:
         original = definitions.get(node.name)
         if original is None:
             problems.append(f"{node.name} is not defined in {module_name}")
-        elif ast.dump(original) != ast.dump(node):
+        elif _dump(original) != _dump(node):
             problems.append(f"{node.name} differs from {module_name}.{node.name}")
     if defined == 0:
         problems.append("a save cell must define at least one function or class")
@@ -545,6 +546,12 @@ def test_save_check_catches_a_drifted_method():
     assert save_cell_mismatches(_method_cell("DMMConfig", source)) != []
     bare = f"{SAVE_MARKER} dmm_helpers.dmm.DMM\n{textwrap.dedent(source)}"
     assert save_cell_mismatches(bare) != []
+    # A docstring of several lines is dedented with its method, and still checked.
+    guide = inspect.getsource(dmm.DMM.guide)
+    assert save_cell_mismatches(_method_cell("DMM", guide)) == []
+    reworded = guide.replace("structured", "structural", 1)
+    assert reworded != guide
+    assert save_cell_mismatches(_method_cell("DMM", reworded)) != []
     renamed = source.replace("def model(", "def modle(", 1)
     assert save_cell_mismatches(_method_cell("DMM", renamed)) != []
     # A method of the class is not a top-level function of the module ...
@@ -661,7 +668,7 @@ def shadowed_package_names(path: Path) -> list[str]:
     return sorted(set(found))
 
 
-@pytest.mark.parametrize("path", _chapters("06", "07"), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_no_notebook_shadows_a_package_name(path):
     """A chapter that needs a package function imports it; it never writes a copy."""
     shadowed = shadowed_package_names(path)
@@ -717,14 +724,14 @@ def rebound_names(path: Path) -> list[str]:
     )
 
 
-@pytest.mark.parametrize("path", _chapters("06", "07"), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_a_name_keeps_its_kind_within_a_chapter(path):
     """No chapter rebinds a function's name to a value, a value's to a class, ..."""
     rebound = rebound_names(path)
     assert not rebound, f"{path.name} gives names two meanings: {rebound}"
 
 
-@pytest.mark.parametrize("path", _chapters("06", "07"), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_code_fits_the_page(path):
     """Every code line within the line length of pyproject.toml (ruff's)."""
     long_lines = [
