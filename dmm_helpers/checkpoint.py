@@ -16,8 +16,17 @@ A run folder (the ``--out`` of :mod:`dmm_helpers.train`) holds these two,
 ``log.jsonl`` (one JSON record per evaluation) and ``command.txt`` (the
 command and the versions); :class:`RunFolder` reads and writes them. Every
 file is written atomically (:func:`dmm_helpers.checks.atomic_write`), except
-log records, which are appended: a record torn by a crash is dropped on
-resume.
+log records, which are appended whole or not at all
+(:func:`dmm_helpers.checks.append_text`): a record torn by a crash is dropped
+on resume. A run holds the folder's lock (``.lock``, :meth:`RunFolder.lock`)
+while it writes, so a second run on the same folder is refused rather than
+mixed with the first.
+
+Reading is as careful: a file that is not a checkpoint of this project
+(empty, truncated, random bytes, another zip or pickle, a pickle that would
+have to run code to load) is a :class:`CheckpointError` that names the file
+and the reason, and so are weights that are not finite and checkpoints of
+another format or model.
 """
 
 from __future__ import annotations
@@ -25,7 +34,11 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
+import warnings
+import weakref
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +46,13 @@ import pyro
 import torch
 
 from dmm_helpers import __version__
-from dmm_helpers.checks import write_text, write_with
+from dmm_helpers.checks import append_text, write_error, write_text, write_with
 from dmm_helpers.dmm import DMM, DMMConfig
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked there
+    fcntl = None
 
 CHECKPOINT_FORMAT = 1
 
@@ -56,6 +74,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: corrupt, truncated, or for another model."""
 
 
+class RunFolderError(OSError):
+    """A run folder that cannot be used: a file, not writable, or in use."""
+
+
 def versions() -> dict[str, str]:
     """The versions that produced a checkpoint, stored in it for the record."""
     return {
@@ -66,8 +88,48 @@ def versions() -> dict[str, str]:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """``torch.save`` ``state`` to ``path`` atomically: never a partial file."""
-    write_with(path, lambda file: torch.save(state, file))
+    """``torch.save`` ``state`` to ``path`` atomically: never a partial file.
+
+    A failed write (a full disk, say) is a
+    :class:`~dmm_helpers.checks.WriteError` naming ``path``, whose previous
+    version is intact.
+    """
+    try:
+        write_with(path, lambda file: torch.save(state, file))
+    except RuntimeError as error:
+        # torch.save reports a failed write of its file as a RuntimeError
+        # raised while handling the OSError.
+        if isinstance(error.__context__, OSError):
+            raise write_error(path, error.__context__) from error
+        raise
+
+
+def _unreadable(path: Path, error: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in this project's words.
+
+    Never torch's own text, which suggests loading with ``weights_only=False``:
+    that runs whatever code the file holds.
+    """
+    if isinstance(error, pickle.UnpicklingError):
+        code = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if code:
+            return (
+                f"it holds Python objects that only running code ({code[1]}) could "
+                "rebuild, and a checkpoint is loaded without running any; refused"
+            )
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                return "it is a zip archive, but not one written by torch.save"
+        return "its contents are corrupt"
+    with open(path, "rb") as file:
+        start = file.read(4)
+    if start.startswith(b"PK"):
+        return "it is truncated or damaged (an incomplete zip archive)"
+    return (
+        "it is not a file written by torch.save (random bytes, a plain pickle "
+        "or another format?)"
+    )
 
 
 def load_checkpoint(
@@ -75,32 +137,69 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Read a checkpoint (``weights_only``: no code is unpickled).
 
-    Raises :class:`CheckpointError` for a missing, corrupt or truncated file,
-    or one that is not a checkpoint of this format.
+    Raises :class:`CheckpointError`, naming the file and the reason, for a
+    missing, empty, corrupt or truncated file, one of something else, and
+    one of another format.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is not a readable checkpoint: it is empty")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on foreign pickles
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except (PermissionError, IsADirectoryError) as error:
+        raise CheckpointError(
+            f"{path} could not be read: {error.strerror or error}"
+        ) from error
     except (
+        OSError,  # torch's reader says EINVAL for some broken archives
         RuntimeError,
         EOFError,
-        OSError,
         pickle.UnpicklingError,
         zipfile.BadZipFile,
         ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
     ) as error:
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (corrupt or truncated file?): {error}"
-        ) from error
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            f"{path} is not a readable checkpoint: {_unreadable(path, error)}"
+        ) from None
+    if not isinstance(state, dict) or "format" not in state:
+        found = "a dict without 'format'" if isinstance(state, dict) else None
+        found = found or f"a {type(state).__name__}"
         raise CheckpointError(
-            f"{path} is not a dmm_helpers checkpoint of format {CHECKPOINT_FORMAT} "
-            f"(found {found!r})"
+            f"{path} is not a dmm_helpers checkpoint: it holds {found}"
+        )
+    if state["format"] != CHECKPOINT_FORMAT:
+        written = state.get("versions")
+        by = (
+            f" (written by dmm_helpers {written.get('dmm_helpers', '?')})"
+            if isinstance(written, Mapping)
+            else ""
+        )
+        raise CheckpointError(
+            f"{path} is a checkpoint of format {state['format']!r}{by}, but "
+            f"dmm_helpers {__version__} reads format {CHECKPOINT_FORMAT}"
         )
     return state
+
+
+def non_finite(weights: Mapping[str, Any]) -> list[str]:
+    """The names of the floating-point tensors in ``weights`` with a NaN or an inf."""
+    return sorted(
+        name
+        for name, value in weights.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not torch.isfinite(value).all()
+    )
 
 
 def load_weights(
@@ -126,6 +225,12 @@ def load_weights(
             f"missing {missing or 'none'}, unexpected {unexpected or 'none'}, "
             f"shapes stored vs expected {wrong or 'none'}"
         )
+    bad = non_finite(weights)
+    if bad:
+        raise CheckpointError(
+            f"{source} holds weights that are not finite (NaN or inf): "
+            f"{', '.join(bad)}; it comes from a run that diverged"
+        )
     model.load_state_dict(weights)
 
 
@@ -138,9 +243,62 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> D
         raise CheckpointError(
             f"{path}: the stored model config is not usable: {error}"
         ) from error
+    if not isinstance(state.get("model"), Mapping):
+        raise CheckpointError(f"{path} holds no model weights")
     model = DMM(config).to(device)
     load_weights(model, state["model"], path)
     return model.eval()
+
+
+def config_differences(stored: DMMConfig, expected: DMMConfig) -> str:
+    """``"rnn_dim 17 (stored) vs 16"`` for every field in which the two differ."""
+    return ", ".join(
+        f"{name} {value!r} (stored) vs {getattr(expected, name)!r}"
+        for name, value in stored.to_dict().items()
+        if value != getattr(expected, name)
+    )
+
+
+# This process's holds on run folders' locks: the lock file's real path ->
+# [its open descriptor, how many FolderLocks hold it]. flock belongs to an open
+# file, so the descriptor is opened once per process and shared by its holders.
+_HELD: dict[str, list[int]] = {}
+
+
+def _release(key: str) -> None:
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _HELD[key]
+        os.close(held[0])  # closing the file releases the lock
+
+
+class FolderLock:
+    """This process's hold on a run folder's lock.
+
+    :meth:`release` ends it, as does garbage collection or the end of the
+    process (the system releases the lock of a killed process, so a stale
+    lock file never blocks a later run).
+    """
+
+    def __init__(self, key: str) -> None:
+        self._release = weakref.finalize(self, _release, key)
+
+    def release(self) -> None:
+        """Let go of the lock (the last holder of this process unlocks the folder)."""
+        self._release()
+
+
+def _step_of(line: str) -> int | None:
+    """The ``step`` of a log line, or ``None`` for a line torn by a crash."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
 
 
 class RunFolder:
@@ -148,9 +306,10 @@ class RunFolder:
 
     ``checkpoint.pt``, ``best.pt``, ``log.jsonl`` and ``command.txt``. It
     keeps the folder consistent with the training state: a fresh run starts
-    with no log, a resumed run drops the log records written after its
-    checkpoint, and temporary files of saves cut short by ``SIGKILL`` are
-    removed.
+    with no log, checkpoint or best model, a resumed run drops the log
+    records written after its checkpoint, and temporary files of saves cut
+    short by ``SIGKILL`` are removed. A run takes the folder's :meth:`lock`
+    before it writes anything.
     """
 
     FILES = ("checkpoint.pt", "best.pt", "log.jsonl", "command.txt")
@@ -161,12 +320,72 @@ class RunFolder:
         self.best = self.path / "best.pt"
         self.log = self.path / "log.jsonl"
         self.command = self.path / "command.txt"
+        self.lock_file = self.path / ".lock"
+
+    def check_usable(self) -> None:
+        """Raise :class:`RunFolderError` unless the folder is, or can become, ours.
+
+        It must be a folder (or not exist yet, below a folder) in which this
+        process may write. Nothing is created.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"the run folder {self.path} is a file, not a folder")
+        existing = self.path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise RunFolderError(
+                f"cannot make the run folder {self.path}: {existing} is a file"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise RunFolderError(
+                f"cannot write in {existing} (permission denied), so not in the "
+                f"run folder {self.path}"
+            )
+
+    def holds_run(self) -> bool:
+        """Whether a run has written its checkpoint, best model or log here."""
+        return any(path.exists() for path in (self.checkpoint, self.best, self.log))
+
+    def lock(self) -> FolderLock:
+        """Take the folder's lock (creating the folder), or refuse: it is in use.
+
+        Another process that holds it (a run on the same ``--out``) is a
+        :class:`RunFolderError`; holders in this process share it. The lock
+        is ``fcntl.flock`` on ``.lock`` (no lock on systems without fcntl).
+        """
+        self.check_usable()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            key = os.path.realpath(self.lock_file)
+            if key not in _HELD:
+                fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o666)
+                try:
+                    if fcntl is not None:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise RunFolderError(
+                        f"the run folder {self.path} is in use by another training "
+                        "run (which holds its .lock); wait for it to end, or choose "
+                        "another --out"
+                    ) from None
+                _HELD[key] = [fd, 0]
+        except RunFolderError:
+            raise
+        except OSError as error:
+            raise RunFolderError(
+                f"cannot write in the run folder {self.path}: {error.strerror or error}"
+            ) from error
+        _HELD[key][1] += 1
+        return FolderLock(key)
 
     def start(self, command: str) -> None:
-        """Begin a fresh run: the folder, its ``command.txt``, and no old log."""
+        """Begin a fresh run: the folder, its ``command.txt``, no old run's files."""
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(self.command, f"{command}\n# {json.dumps(versions())}\n")
-        self.log.unlink(missing_ok=True)
+        for old in (self.log, self.checkpoint, self.best):
+            old.unlink(missing_ok=True)
 
     def training_state(self, map_location: Any = "cpu") -> dict[str, Any]:
         """``checkpoint.pt``, checked to hold what ``--resume`` needs."""
@@ -183,34 +402,34 @@ class RunFolder:
     def resume_log(self, step: int) -> None:
         """Drop the log records after ``step``, which the resumed run writes again.
 
-        A line torn by a crash while it was appended goes too.
+        A line torn by a crash while it was appended goes too; every record
+        before it stays. The log is rewritten (atomically) only if a line goes.
         """
         if not self.log.exists():
             return
-        keep = []
-        for line in self.log.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash while it was appended
-            if record["step"] <= step:
-                keep.append(line)
-        write_text(self.log, "".join(line + "\n" for line in keep))
+        text = self.log.read_bytes().decode("utf-8", errors="replace")
+        keep = [
+            line
+            for line in text.splitlines()
+            if (line_step := _step_of(line)) is not None and line_step <= step
+        ]
+        kept = "".join(line + "\n" for line in keep)
+        if kept != text:
+            write_text(self.log, kept)
 
     def remove_stale_temporaries(self) -> None:
         """Delete what saves killed by ``SIGKILL`` left behind.
 
         Such a save leaves its temporary file (the finished file is never
-        touched); no other process writes in a run folder.
+        touched); no other process writes in a run folder (see :meth:`lock`).
         """
         for name in self.FILES:
             for stale in self.path.glob(f".{name}.*.part"):
                 stale.unlink(missing_ok=True)
 
     def append_record(self, record: dict[str, Any]) -> None:
-        """Add one evaluation record to ``log.jsonl``."""
-        with open(self.log, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        """Add one evaluation record to ``log.jsonl``: a whole line, or nothing."""
+        append_text(self.log, json.dumps(record) + "\n")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write ``checkpoint.pt`` atomically."""
