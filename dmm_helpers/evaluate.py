@@ -12,7 +12,10 @@ Introduced in chapters 06 and 07. Two numbers, both in nats per time step
   and tends to ``log p(x)`` as ``K`` grows; the paper used ``K = 2000``.
 
 The ``K`` draws are taken a chunk at a time, so memory stays bounded by
-``--chunk-size`` copies of a batch whatever ``K`` is.
+``--chunk-size`` copies of a batch whatever ``K`` is. The command shows a
+progress bar over the batches when stderr is a terminal (``--progress`` or
+``--no-progress`` to choose); its flags and errors follow
+:mod:`dmm_helpers.cli` (a bad flag exits 2, a bad checkpoint or data 1).
 """
 
 from __future__ import annotations
@@ -20,17 +23,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import pyro
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from dmm_helpers.checkpoint import load_model
 from dmm_helpers.checks import positive_int
+from dmm_helpers.cli import (
+    COUNT,
+    SEED,
+    add_debug_flag,
+    errors_reported,
+    new_parser,
+    number_flag,
+    text_flag,
+)
 from dmm_helpers.data import Batch, load_data, make_batch
-from dmm_helpers.devices import resolve_device
+from dmm_helpers.devices import DEVICES, resolve_device
 from dmm_helpers.dmm import DMM
 from dmm_helpers.elbo import elbo_terms
 
@@ -204,43 +218,117 @@ def evaluate(
     }
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m dmm_helpers.evaluate",
-        description="Test bound and importance-sampled NLL (nats per time step) "
-        "of a trained DMM.",
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``python -m dmm_helpers.evaluate``, each checked as it is parsed."""
+    parser = new_parser(
+        "python -m dmm_helpers.evaluate",
+        "Test bound and importance-sampled NLL (nats per time step) of a trained "
+        "DMM, printed as one JSON object.",
     )
-    parser.add_argument(
-        "--checkpoint", required=True, help="best.pt or checkpoint.pt of a run"
+    data = parser.add_argument_group("data", "what the model is scored on")
+    data.add_argument(
+        "--data",
+        type=text_flag,
+        default="jsb",
+        help='"jsb", "bach" or the path of a JSON file or a folder of MIDI files, '
+        "as in training. Default: jsb.",
     )
-    parser.add_argument(
-        "--data", default="jsb", help='"jsb", "bach" or a JSON/MIDI path (default: jsb)'
+    data.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "valid", "test"),
+        help="The split to score. Default: test.",
     )
-    parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    parser.add_argument(
-        "--samples", type=int, default=100, help="importance samples K per sequence"
+    model = parser.add_argument_group("model", "the trained model")
+    model.add_argument(
+        "--checkpoint",
+        type=text_flag,
+        required=True,
+        help="best.pt or checkpoint.pt of a run, or a shipped model.pt.",
     )
-    parser.add_argument(
-        "--chunk-size", type=int, default=50, help="samples drawn at once"
+    estimate = parser.add_argument_group("estimate", "the importance sampling")
+    estimate.add_argument(
+        "--samples",
+        type=number_flag(COUNT),
+        default=100,
+        metavar="K",
+        help="Importance samples K per sequence (the paper used 2000). Default: 100.",
     )
-    parser.add_argument(
-        "--batch-size", type=int, default=20, help="sequences evaluated at once"
+    estimate.add_argument(
+        "--chunk-size",
+        type=number_flag(COUNT),
+        default=50,
+        metavar="N",
+        help="Samples drawn at once (memory only: the estimate is the same). "
+        "Default: 50.",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda"')
-    args = parser.parse_args(argv)
+    estimate.add_argument(
+        "--batch-size",
+        type=number_flag(COUNT),
+        default=20,
+        metavar="N",
+        help="Sequences scored at once (memory only). Default: 20.",
+    )
+    estimate.add_argument(
+        "--seed",
+        type=number_flag(SEED),
+        default=0,
+        metavar="N",
+        help="Seeds the samples. Default: 0.",
+    )
+    run = parser.add_argument_group("run", "on what it runs, and what it shows")
+    run.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICES,
+        help='"auto" (CUDA when torch sees a GPU, else the CPU), "cpu" or "cuda". '
+        "Default: auto.",
+    )
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Show a progress bar over the batches. Default: on when stderr is a "
+        "terminal.",
+    )
+    add_debug_flag(run)
+    return parser
 
-    device = resolve_device(args.device)
-    torch.manual_seed(args.seed)
-    model = load_model(args.checkpoint, device)
-    sequences = load_data(args.data)[args.split]
-    result = evaluate(
-        model,
-        sequences,
-        args.samples,
-        chunk_size=args.chunk_size,
-        batch_size=args.batch_size,
-    )
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m dmm_helpers.evaluate`` (exit statuses: :mod:`dmm_helpers.cli`)."""
+    args = build_parser().parse_args(argv)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    with errors_reported(args.debug):
+        device = resolve_device(args.device)
+        torch.manual_seed(args.seed)
+        model = load_model(args.checkpoint, device)
+        sequences = load_data(args.data)[args.split]
+        if not sequences:
+            raise ValueError(
+                f"the {args.split} split of --data {args.data} holds no sequences"
+            )
+        # A model that gives NaN should say so below, not fail inside a
+        # distribution's argument check.
+        with pyro.validation_enabled(False):
+            result = evaluate(
+                model,
+                sequences,
+                args.samples,
+                chunk_size=args.chunk_size,
+                batch_size=args.batch_size,
+                progress=progress,
+            )
+        diverged = [
+            f"{key} {result[key]}"
+            for key in ("bound_per_step", "nll_per_step")
+            if not math.isfinite(result[key])
+        ]
+        if diverged:
+            raise ValueError(
+                f"the model in {args.checkpoint} gives non-finite estimates on the "
+                f"{args.split} split ({', '.join(diverged)}): its weights diverged"
+            )
     print(
         json.dumps(
             {

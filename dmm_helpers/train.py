@@ -25,6 +25,16 @@ with exactly the parameters of an uninterrupted run (same seed, same
 machine, CPU): the order of the mini-batches is a function of the seed and
 the epoch, and the checkpoint holds the RNG state. ``SIGINT`` and
 ``SIGTERM`` save a checkpoint at the next step and exit.
+
+The command line is :class:`TrainConfig`: one flag per field, whose help
+sentence, ``--help`` group and allowed range are the field's metadata.
+:func:`parse_command_line` tells the flags given from those left out
+(:class:`CommandLine`), which ``--resume`` needs. A bad flag is a usage error
+(exit 2) before anything is read or written; a problem with the data, a
+checkpoint or the run folder, a full disk or a diverged run is one line
+``error: ...`` and exit 1 (:mod:`dmm_helpers.cli`), and leaves the files of
+the run as they were after its last good step: every file is replaced
+atomically, and the folder is locked against a second run.
 """
 
 from __future__ import annotations
@@ -37,10 +47,10 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyro
 import torch
@@ -48,19 +58,27 @@ from pyro.optim.clipped_adam import ClippedAdam
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-# load_checkpoint and load_model stay importable from here, as before the
-# checkpoint module existed; new code imports them from dmm_helpers.checkpoint.
 from dmm_helpers.checkpoint import (
     CHECKPOINT_FORMAT,
     RUN_POSITION,
     CheckpointError,
     RunFolder,
-    load_checkpoint,  # noqa: F401
-    load_model,  # noqa: F401
+    RunFolderError,
+    config_differences,
     load_weights,
+    non_finite,
     versions,
 )
-from dmm_helpers.checks import finite_number, positive_int
+from dmm_helpers.checks import Range
+from dmm_helpers.cli import (
+    COUNT,
+    SEED,
+    add_debug_flag,
+    errors_reported,
+    new_parser,
+    number_flag,
+    text_flag,
+)
 from dmm_helpers.data import Batch, load_data, make_batch, minibatches
 from dmm_helpers.devices import DEVICES, resolve_device
 from dmm_helpers.dmm import DMM, GUIDES, DMMConfig
@@ -68,42 +86,199 @@ from dmm_helpers.elbo import elbo
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training kept producing non-finite losses or gradients and stopped."""
+    """Training diverged and stopped: a run of non-finite steps, or bound.
+
+    Raised after ``max_bad_steps`` non-finite losses or gradients in a row,
+    or when an evaluation's bound is not finite; the last good checkpoint is
+    left as it was.
+    """
+
+
+# The groups of --help, in order: a setting's group is in its field's metadata.
+FLAG_GROUPS = {
+    "data": "what the model learns from",
+    "model": "the deep Markov model and its inference network",
+    "optimisation": "ClippedAdam, the loss and the guard against divergence",
+    "schedule": "how long, the KL annealing, and how often to evaluate",
+    "run": "where the run's files go, and on what it runs",
+}
+
+
+def setting(default: Any, group: str, about: str, allowed: Range | None = None) -> Any:
+    """A :class:`TrainConfig` field and everything its ``--flag`` needs.
+
+    ``about`` (a sentence) is the flag's ``--help``, ``group`` its heading
+    (one of :data:`FLAG_GROUPS`) and ``allowed`` the range that the parser
+    and :func:`check_config` hold a number to; the one place each is written.
+    """
+    if group not in FLAG_GROUPS:
+        raise ValueError(f"unknown flag group {group!r}")
+    return dataclasses.field(
+        default=default, metadata={"group": group, "help": about, "range": allowed}
+    )
+
+
+POSITIVE = Range(0.0, include_minimum=False)
+PROBABILITY_BELOW_ONE = Range(0.0, 1.0, include_maximum=False)
+UNIT_INTERVAL_ABOVE_ZERO = Range(0.0, 1.0, include_minimum=False)
+COUNT_OR_ZERO = Range(0, integer=True)
 
 
 @dataclass
 class TrainConfig:
-    """The flags of a training run; each field is a ``--flag`` of the command line."""
+    """The flags of a training run; each field is a ``--flag`` of the command line.
 
-    data: str = "jsb"  # "jsb" (canonical), "bach" (music21) or a JSON/MIDI path
-    out: str = "runs/dmm"  # where checkpoints and the log go
-    epochs: int = 5000  # passes over the training set
-    batch_size: int = 20  # sequences per mini-batch
-    learning_rate: float = 3e-4  # Adam's step size at step 0
-    beta1: float = 0.96  # Adam's first-moment decay
-    beta2: float = 0.999  # Adam's second-moment decay
-    clip_norm: float = 10.0  # each gradient entry is clamped to [-clip_norm, clip_norm]
-    lr_decay: float = 0.99996  # the learning rate is multiplied by this every step
-    weight_decay: float = 2.0  # L2 penalty added to the gradient of the summed loss
-    kl_estimator: str = "analytic"  # --kl: "analytic" (closed form) or "sampled"
-    ema_decay: float = 0.0  # evaluate and keep a moving average of the weights (0: off)
-    annealing_epochs: int = 1000  # epochs over which the KL factor rises to 1
-    minimum_annealing_factor: float = 0.2  # the KL factor's start (annealing_factor)
-    seed: int = 0  # seeds the initial weights, the batch order and the samples
-    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
-    eval_every: int = 10  # epochs between evaluations on valid and test (0: never)
-    eval_batch_size: int = 100  # sequences per evaluation batch
-    max_bad_steps: int = 20  # stop after this many non-finite steps in a row
-    progress: bool = True  # show a progress bar
-    z_dim: int = 100  # latent dimension
-    emission_dim: int = 100  # hidden units of the emitter
-    transition_dim: int = 200  # hidden units of the gated transition
-    rnn_dim: int = 600  # hidden units of the backward RNN
-    rnn_layers: int = 1  # layers of the backward RNN
-    rnn_dropout: float = 0.0  # dropout between stacked RNN layers (rnn_layers > 1)
-    num_iafs: int = 0  # inverse autoregressive flows in the guide
-    iaf_dim: int = 100  # hidden units of each flow's network
-    guide: str = "st-r"  # inference network: st-r, st-l, st-lr, mf-l or mf-lr
+    Each field's metadata holds its help sentence, its ``--help`` group and
+    the range of its values (:func:`setting`); the defaults are the paper's
+    and Pyro's example's.
+    """
+
+    data: str = setting(
+        "jsb",
+        "data",
+        '"jsb" (the canonical JSB chorales), "bach" (the offline stand-in built '
+        "from music21's chorales), or the path of a JSON file in the JSB format "
+        "or of a folder of MIDI files.",
+    )
+    out: str = setting(
+        "runs/dmm",
+        "run",
+        "The run folder: the checkpoints, the best model, the log and the "
+        "command go there.",
+    )
+    epochs: int = setting(
+        5000,
+        "schedule",
+        "Passes over the training set (with --resume: the total to reach).",
+        COUNT,
+    )
+    batch_size: int = setting(
+        20, "optimisation", "Sequences in each mini-batch of a step.", COUNT
+    )
+    learning_rate: float = setting(
+        3e-4, "optimisation", "Adam's step size at the first step.", POSITIVE
+    )
+    beta1: float = setting(
+        0.96,
+        "optimisation",
+        "Adam's decay of its moving average of the gradient.",
+        PROBABILITY_BELOW_ONE,
+    )
+    beta2: float = setting(
+        0.999,
+        "optimisation",
+        "Adam's decay of its moving average of the squared gradient.",
+        PROBABILITY_BELOW_ONE,
+    )
+    clip_norm: float = setting(
+        10.0,
+        "optimisation",
+        "Each gradient entry is clamped to [-clip_norm, clip_norm] "
+        "(ClippedAdam's elementwise clamp, not a rescaling of the gradient's norm).",
+        POSITIVE,
+    )
+    lr_decay: float = setting(
+        0.99996,
+        "optimisation",
+        "The learning rate is multiplied by this after every step.",
+        UNIT_INTERVAL_ABOVE_ZERO,
+    )
+    weight_decay: float = setting(
+        2.0,
+        "optimisation",
+        "L2 penalty: this times the weights is added to the gradient of the "
+        "summed loss.",
+        Range(0.0),
+    )
+    kl_estimator: str = setting(
+        "analytic",
+        "optimisation",
+        "The ELBO's KL term: analytic (in closed form) or sampled (at the guide's "
+        "draw, as Pyro's Trace_ELBO).",
+    )
+    ema_decay: float = setting(
+        0.0,
+        "optimisation",
+        "Evaluate and keep an exponential moving average of the weights with this "
+        "decay (0: off).",
+        PROBABILITY_BELOW_ONE,
+    )
+    annealing_epochs: int = setting(
+        1000,
+        "schedule",
+        "Epochs over which the KL factor rises linearly to 1 (0: no annealing).",
+        COUNT_OR_ZERO,
+    )
+    minimum_annealing_factor: float = setting(
+        0.2,
+        "schedule",
+        "The KL factor at the start of the annealing.",
+        UNIT_INTERVAL_ABOVE_ZERO,
+    )
+    seed: int = setting(
+        0,
+        "run",
+        "Seeds the initial weights, the order of the mini-batches and the samples.",
+        SEED,
+    )
+    device: str = setting(
+        "auto",
+        "run",
+        '"auto" (CUDA when torch sees a GPU, else the CPU), or "cpu" or "cuda".',
+    )
+    eval_every: int = setting(
+        10,
+        "schedule",
+        "Epochs between evaluations on the valid and test sets (0: never).",
+        COUNT_OR_ZERO,
+    )
+    eval_batch_size: int = setting(
+        100,
+        "run",
+        "Sequences per evaluation batch (memory only: the bound is the same).",
+        COUNT,
+    )
+    max_bad_steps: int = setting(
+        20,
+        "optimisation",
+        "Stop after this many non-finite steps in a row (each one is skipped).",
+        COUNT,
+    )
+    progress: bool = setting(True, "run", "Show a progress bar over the epochs.")
+    z_dim: int = setting(100, "model", "Dimension of the latent state z_t.", COUNT)
+    emission_dim: int = setting(
+        100, "model", "Hidden units of the emitter, p(x_t | z_t).", COUNT
+    )
+    transition_dim: int = setting(
+        200, "model", "Hidden units of the gated transition, p(z_t | z_t-1).", COUNT
+    )
+    rnn_dim: int = setting(
+        600, "model", "Hidden units of the inference network's RNNs.", COUNT
+    )
+    rnn_layers: int = setting(
+        1, "model", "Stacked layers of the inference network's RNNs.", COUNT
+    )
+    rnn_dropout: float = setting(
+        0.0,
+        "model",
+        "Dropout between stacked RNN layers (needs --rnn-layers 2 or more).",
+        PROBABILITY_BELOW_ONE,
+    )
+    num_iafs: int = setting(
+        0,
+        "model",
+        "Inverse autoregressive flows on the guide's z_t (0: none).",
+        COUNT_OR_ZERO,
+    )
+    iaf_dim: int = setting(
+        100, "model", "Hidden units of each flow's autoregressive network.", COUNT
+    )
+    guide: str = setting(
+        "st-r",
+        "model",
+        "The inference network: st-r (the paper's DMM: structured, reads the "
+        "future), st-l, st-lr, mf-l or mf-lr (mean field; l the past, lr both).",
+    )
 
     def command(self) -> str:
         """The command line that trains with these settings.
@@ -179,40 +354,45 @@ def annealing_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> fl
 
 
 def check_config(config: TrainConfig) -> None:
-    """Raise a ``ValueError`` naming the flag, for settings no run can use."""
-    kl_choices = FLAG_CHOICES["kl_estimator"]
-    if config.kl_estimator not in kl_choices:
-        raise ValueError(
-            f"--kl must be {' or '.join(map(repr, kl_choices))}, "
-            f"got {config.kl_estimator!r}"
-        )
-    finite_number(
-        "--ema-decay",
-        config.ema_decay,
-        minimum=0.0,
-        maximum=1.0,
-        include_maximum=False,
-    )
-    positive_int("--batch-size", config.batch_size)
-    positive_int("--eval-batch-size", config.eval_batch_size)
-    positive_int("--max-bad-steps", config.max_bad_steps)
-    if config.epochs < 0 or config.eval_every < 0:
-        raise ValueError(
-            "--epochs and --eval-every must be >= 0, "
-            f"got {config.epochs} and {config.eval_every}"
-        )
+    """Raise a ``ValueError`` naming the flag, for settings no run can use.
+
+    Each number must lie in its field's range, each choice among
+    :data:`FLAG_CHOICES`; the model's sizes must make a :class:`DMMConfig`.
+    """
+    for field in dataclasses.fields(TrainConfig):
+        flag, value = flag_of(field.name), getattr(config, field.name)
+        allowed, choices = field.metadata["range"], FLAG_CHOICES.get(field.name)
+        if allowed is not None:
+            allowed.check(flag, value)
+        elif choices is not None:
+            if value not in choices:
+                raise ValueError(
+                    f"{flag} must be one of {', '.join(choices)}, got {value!r}"
+                )
+        elif isinstance(field.default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{flag} must be True or False, got {value!r}")
+        elif not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{flag} must be a name or a path, got {value!r}")
+    config.model_config()  # the combinations DMMConfig refuses
 
 
-def merge_resumed_config(stored: dict[str, Any], given: TrainConfig) -> TrainConfig:
+def merge_resumed_config(
+    stored: dict[str, Any], given: TrainConfig, names: Collection[str] | None = None
+) -> TrainConfig:
     """The settings of a resumed run: the checkpoint's, and what may change.
 
     ``stored`` is the checkpoint's ``train_config``; ``given`` the settings of
-    this invocation. A flag outside :data:`RESUMABLE_CHANGES` given with a
-    value other than the stored one is a :class:`CheckpointError` (the
-    checkpoint's model or schedule would not match); the resumable flags
-    keep the run's own values unless given, so that ``--resume --out DIR``
-    alone continues the run as it was started. Where the checkpoint was
-    found and the device are always this invocation's.
+    this invocation, of which ``names`` were given explicitly (the command
+    line's :attr:`CommandLine.given`); ``None`` takes every field that differs
+    from its default as given, which is what a Python caller who builds a
+    :class:`TrainConfig` means. A given flag outside
+    :data:`RESUMABLE_CHANGES` whose value differs from the stored one is a
+    :class:`CheckpointError` (the checkpoint's model or schedule would not
+    match); a given resumable flag takes its new value, even its default
+    one; flags not given keep the run's values, so that ``--resume --out
+    DIR`` alone continues the run as it was started. Where the checkpoint
+    was found and the device are always this invocation's.
     """
     renamed = {name: field for field, name in FLAG_NAMES.items()}
     stored = {renamed.get(name, name): value for name, value in stored.items()}
@@ -223,23 +403,21 @@ def merge_resumed_config(stored: dict[str, Any], given: TrainConfig) -> TrainCon
             f"the checkpoint was written with unknown flags {unknown}"
         )
     stored_config = TrainConfig(**stored)
-    defaults = TrainConfig()
+    if names is None:
+        defaults = TrainConfig()
+        names = {n for n in known if getattr(given, n) != getattr(defaults, n)}
+    names = set(names) | {"out", "device"}
     changed = [
         f"{flag_of(name)} {getattr(stored_config, name)!r} -> {getattr(given, name)!r}"
-        for name in known - RESUMABLE_CHANGES
+        for name in names - RESUMABLE_CHANGES
         if getattr(stored_config, name) != getattr(given, name)
-        and getattr(given, name) != getattr(defaults, name)
     ]
     if changed:
         raise CheckpointError(
             "cannot resume with different settings (the checkpoint's model or "
             "schedule would not match): " + ", ".join(sorted(changed))
         )
-    overrides = {
-        name: getattr(given, name)
-        for name in RESUMABLE_CHANGES
-        if name in ("out", "device") or getattr(given, name) != getattr(defaults, name)
-    }
+    overrides = {name: getattr(given, name) for name in names & RESUMABLE_CHANGES}
     return dataclasses.replace(stored_config, **overrides)
 
 
@@ -276,15 +454,30 @@ class Trainer:
     :attr:`folder`'s (a :class:`~dmm_helpers.checkpoint.RunFolder`).
     """
 
-    def __init__(self, config: TrainConfig, *, resume: bool = False) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        resume: bool = False,
+        given: Collection[str] | None = None,
+    ) -> None:
         self.folder = RunFolder(config.out)
+        self.folder.check_usable()
         self.device = resolve_device(config.device)
         saved = self.folder.training_state(self.device) if resume else None
         if saved is not None:
-            config = merge_resumed_config(saved["train_config"], config)
+            config = merge_resumed_config(saved["train_config"], config, given)
         check_config(config)
         self.config = config
         self.data = load_data(config.data)
+        if config.eval_every and not self.data["valid"]:
+            raise ValueError(
+                f"--data {config.data} has no validation sequences, so the run "
+                "would never be evaluated nor keep a best.pt: a folder of music "
+                "files splits itself once it holds 3 or more (or put them in "
+                "train/, valid/ and test/ subfolders), a JSON file lists its "
+                '"valid" sequences; --eval-every 0 trains without evaluating'
+            )
         self.train_set = self.data["train"]
         input_dim = self.train_set[0].shape[-1]
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
@@ -320,10 +513,18 @@ class Trainer:
         self.stop_signal: int | None = None
         if saved is not None:
             self._restore(saved)
+        # Everything is checked: from here on the run writes, and holds the
+        # folder's lock while it lives, so no other run writes there too.
+        self._lock = self.folder.lock()
+        if saved is not None:
             self.folder.resume_log(self.step)
         else:
             self.folder.start(config.command())
         self.folder.remove_stale_temporaries()
+
+    def close(self) -> None:
+        """Let go of the run folder's lock (as garbage collection would)."""
+        self._lock.release()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -331,11 +532,17 @@ class Trainer:
         return self.folder.checkpoint
 
     def _restore(self, saved: dict[str, Any]) -> None:
-        stored = DMMConfig.from_dict(saved["model_config"])
+        try:
+            stored = DMMConfig.from_dict(saved["model_config"])
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"{self.checkpoint_path}: the stored model config is not usable: "
+                f"{error}"
+            ) from error
         if stored != self.model.config:
             raise CheckpointError(
-                f"{self.checkpoint_path} is for the model {stored}, "
-                f"not {self.model.config}"
+                f"{self.checkpoint_path} is for another model than its flags "
+                f"describe: {config_differences(stored, self.model.config)}"
             )
         load_weights(self.model, saved["model"], self.checkpoint_path)
         if self.averaged is not None:
@@ -343,6 +550,12 @@ class Trainer:
                 raise CheckpointError(
                     f"{self.checkpoint_path} holds no moving average of the weights, "
                     f"but the run has --ema-decay {self.config.ema_decay}"
+                )
+            bad = non_finite(saved["averaged"])
+            if bad:
+                raise CheckpointError(
+                    f"{self.checkpoint_path} holds a moving average that is not "
+                    f"finite: {', '.join(bad)}"
                 )
             self.averaged.load_state_dict(saved["averaged"])
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -465,13 +678,31 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.config.seed * 1_000_003 + self.step)
-            for split in ("valid", "test"):
-                if self.data.get(split):
-                    record[f"{split}_bound"] = evaluate_bound(
-                        self.evaluated_model,
-                        self.data[split],
-                        self.config.eval_batch_size,
-                    )
+            # Without argument validation a diverged model's NaN reaches the
+            # bound, where the check below catches it, instead of raising
+            # inside a distribution.
+            with pyro.validation_enabled(False):
+                for split in ("valid", "test"):
+                    if self.data.get(split):
+                        record[f"{split}_bound"] = evaluate_bound(
+                            self.evaluated_model,
+                            self.data[split],
+                            self.config.eval_batch_size,
+                        )
+        diverged = [
+            f"{key} {value}"
+            for key, value in record.items()
+            if key.endswith("_bound") and not math.isfinite(value)
+        ]
+        if diverged:
+            raise NonFiniteLossError(
+                f"the evaluation after epoch {self.epoch} gave a non-finite bound "
+                f"({', '.join(diverged)}): the weights diverged. Stopped before "
+                f"logging or saving it; the last good checkpoint, "
+                f"{self.checkpoint_path}, is intact, but resuming it would replay "
+                "the same steps: start a new run with a smaller --learning-rate "
+                "or --clip-norm."
+            )
         self.folder.append_record(record)
         valid = record.get("valid_bound")
         if valid is not None and valid < self.best_valid:
@@ -551,44 +782,143 @@ class Trainer:
         return records
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, bool]:
-    """The command line: one flag per :class:`TrainConfig` field, and ``--resume``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dmm_helpers.train",
-        description="Train a deep Markov model with the vectorised ELBO (chapter 06).",
+class CommandLine(NamedTuple):
+    """What ``python -m dmm_helpers.train`` was asked to do.
+
+    ``given`` holds the :class:`TrainConfig` settings that the command line
+    names, by field name, each parsed and in range: a flag left out is
+    absent, not set to its default, so that ``--resume`` can tell
+    ``--epochs 5000`` (given, equal to the default) from no ``--epochs``. A
+    preset, a dict of settings, would go under it: ``{**preset, **given}``.
+    """
+
+    given: dict[str, Any]  # the settings given on the command line, by field
+    resume: bool  # continue the run in --out
+    overwrite: bool  # start afresh in a folder that holds a run
+    debug: bool  # show tracebacks
+
+    def config(self) -> TrainConfig:
+        """The settings: those given, and the defaults for the rest."""
+        return TrainConfig(**self.given)
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return str(default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser: one flag per :class:`TrainConfig` field, in :data:`FLAG_GROUPS`.
+
+    No flag has a default in the parser (``argparse.SUPPRESS``): the
+    namespace holds only the flags given. Numbers are checked against their
+    field's range, so a bad value is a usage error (exit 2).
+    """
+    parser = new_parser(
+        "python -m dmm_helpers.train",
+        "Train a deep Markov model with the vectorised ELBO (chapter 06). Every "
+        "flag has the default of the paper or of Pyro's example.",
     )
-    defaults = TrainConfig()
+    groups = {
+        name: parser.add_argument_group(name, about)
+        for name, about in FLAG_GROUPS.items()
+    }
     for field in dataclasses.fields(TrainConfig):
-        flag = flag_of(field.name)
-        default = getattr(defaults, field.name)
-        if isinstance(default, bool):
-            parser.add_argument(
-                flag,
-                dest=field.name,
-                action=argparse.BooleanOptionalAction,
-                default=default,
+        about = f"{field.metadata['help']} Default: {_shown(field.default)}."
+        group = groups[field.metadata["group"]]
+        common = {"dest": field.name, "default": argparse.SUPPRESS, "help": about}
+        allowed = field.metadata["range"]
+        if isinstance(field.default, bool):
+            group.add_argument(
+                flag_of(field.name), action=argparse.BooleanOptionalAction, **common
+            )
+        elif field.name in FLAG_CHOICES:
+            group.add_argument(
+                flag_of(field.name), choices=FLAG_CHOICES[field.name], **common
             )
         else:
-            parser.add_argument(
-                flag,
-                dest=field.name,
-                type=type(default),
-                default=default,
-                choices=FLAG_CHOICES.get(field.name),
-                help=f"(default: {default})",
-            )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from --out/checkpoint.pt"
+            if allowed is None:
+                group.add_argument(flag_of(field.name), type=text_flag, **common)
+            else:
+                group.add_argument(
+                    flag_of(field.name),
+                    type=number_flag(allowed),
+                    metavar="N" if allowed.integer else "X",
+                    **common,
+                )
+    start = groups["run"].add_mutually_exclusive_group()
+    start.add_argument(
+        "--resume",
+        action="store_true",
+        help="Continue the run in --out from its checkpoint.pt. The flags not "
+        "given keep the run's values; of those given, only --epochs, --eval-every, "
+        "--eval-batch-size, --device and --progress may differ from the run's.",
     )
+    start.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Start afresh in an --out that holds a run, deleting its "
+        "checkpoints and log (without it, such a folder is refused).",
+    )
+    add_debug_flag(groups["run"])
+    return parser
+
+
+def parse_command_line(argv: Sequence[str] | None = None) -> CommandLine:
+    """Parse and check the flags (a bad one is a usage error, exit 2).
+
+    For a fresh run the settings are checked together too (say
+    ``--rnn-dropout`` without ``--rnn-layers``); a resumed run's are checked
+    once they are merged with the checkpoint's.
+    """
+    parser = build_parser()
     args = vars(parser.parse_args(argv))
-    resume = args.pop("resume")
-    return TrainConfig(**args), resume
+    line = CommandLine(
+        resume=args.pop("resume"),
+        overwrite=args.pop("overwrite"),
+        debug=args.pop("debug"),
+        given=args,
+    )
+    if not line.resume:
+        try:
+            check_config(line.config())
+        except (TypeError, ValueError) as error:
+            parser.error(str(error))
+    return line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, bool]:
+    """A command line's settings (defaults for flags not given), and ``--resume``."""
+    line = parse_command_line(argv)
+    return line.config(), line.resume
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    config, resume = parse_args(argv)
-    trainer = Trainer(config, resume=resume)
-    records = trainer.run()
+    """``python -m dmm_helpers.train`` (exit statuses: :mod:`dmm_helpers.cli`).
+
+    Prints the last evaluation record as one JSON line when the run ends.
+    """
+    line = parse_command_line(argv)
+    config = line.config()
+    with errors_reported(line.debug, problems=(NonFiniteLossError,)):
+        folder = RunFolder(config.out)
+        folder.check_usable()
+        if not line.resume and not line.overwrite and folder.holds_run():
+            raise RunFolderError(
+                f"{folder.path} already holds a run: continue it with --resume, "
+                "start it afresh with --overwrite (deleting its checkpoints and "
+                "log), or choose another --out"
+            )
+        trainer = Trainer(config, resume=line.resume, given=line.given)
+        if trainer.epoch >= trainer.config.epochs:
+            print(
+                f"nothing to train: the run in {folder.path} has done "
+                f"{trainer.epoch} of its {trainer.config.epochs} epochs; pass "
+                "--epochs with a larger total to train it further",
+                file=sys.stderr,
+            )
+        records = trainer.run()
     if records:
         print(json.dumps(records[-1]))
 

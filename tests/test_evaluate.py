@@ -27,7 +27,8 @@ import torch
 
 from dmm_helpers import evaluate as evaluate_module
 from dmm_helpers import lgssm, train
-from dmm_helpers.data import make_batch
+from dmm_helpers.checkpoint import load_model
+from dmm_helpers.data import load_data, make_batch
 from dmm_helpers.dmm import DMM, DMMConfig, LinearGaussianDMM
 from dmm_helpers.elbo import ELBOTerms, elbo, elbo_terms
 from dmm_helpers.evaluate import (
@@ -509,18 +510,24 @@ def test_command_line_prints_one_json_object(tmp_path):
 
     # The same numbers in process: same model, split, seed and chunks.
     torch.manual_seed(11)
-    model = train.load_model(checkpoint)
-    expected = evaluate(
-        model, train.load_data(str(data_path))["valid"], 7, chunk_size=3
-    )
+    model = load_model(checkpoint)
+    expected = evaluate(model, load_data(str(data_path))["valid"], 7, chunk_size=3)
     for key in ("bound_per_step", "nll_per_step"):
         assert printed[key] == pytest.approx(expected[key], rel=1e-6)
 
 
-def test_command_line_errors_name_the_problem(tmp_path):
-    with pytest.raises(train.CheckpointError, match="no checkpoint at .*missing.pt"):
+def test_command_line_errors_name_the_problem(tmp_path, capsys):
+    """One line and exit 1 for a bad file, a usage error (exit 2) for a bad flag.
+
+    tests/test_errors.py tries every other bad input of the command.
+    """
+    with pytest.raises(SystemExit) as stop:
         evaluate_module.main(
             ["--checkpoint", str(tmp_path / "missing.pt"), "--device", "cpu"]
         )
-    with pytest.raises(SystemExit):
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == f"error: no checkpoint at {tmp_path}/missing.pt\n"
+    with pytest.raises(SystemExit) as stop:
         evaluate_module.main(["--checkpoint", "x.pt", "--split", "training"])
+    assert stop.value.code == 2
+    assert "invalid choice: 'training'" in capsys.readouterr().err

@@ -42,12 +42,16 @@ from dmm_helpers.data import make_batch
 from dmm_helpers.devices import resolve_device
 from dmm_helpers.dmm import DMM
 from dmm_helpers.train import (
+    FLAG_GROUPS,
     NonFiniteLossError,
     TrainConfig,
     Trainer,
     annealing_factor,
+    build_parser,
+    flag_of,
     merge_resumed_config,
     parse_args,
+    parse_command_line,
 )
 
 # Six training sequences in mini-batches of two: three steps per epoch, so a
@@ -280,6 +284,7 @@ def test_uninterrupted_run_writes_one_record_per_evaluation_and_keeps_the_best(
     )
     assert final["best_valid"] == argmin["valid_bound"]
     assert sorted(p.name for p in uninterrupted.iterdir()) == [
+        ".lock",  # the run folder's lock, which the run held while it wrote
         "best.pt",
         "checkpoint.pt",
         "command.txt",
@@ -310,6 +315,7 @@ def test_sigkill_then_resume_ends_exactly_as_an_uninterrupted_run(
     assert any(
         not torch.equal(initial[name], value) for name, value in killed["model"].items()
     )
+    trainer.close()  # the folder's lock: the command below resumes the run
 
     run_training(tiny_data, out, "--resume")
     assert_same_run(out, uninterrupted)
@@ -496,11 +502,17 @@ def test_resuming_an_averaged_run_without_its_average_is_a_checkpoint_error(conf
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"kl_estimator": "exact"}, "--kl must be 'analytic' or 'sampled'"),
+        ({"kl_estimator": "exact"}, "--kl must be one of analytic, sampled"),
         ({"ema_decay": 1.0}, "--ema-decay must be a finite number >= 0 and < 1"),
-        ({"batch_size": 0}, "--batch-size must be a positive int, got 0"),
-        ({"eval_batch_size": 0}, "--eval-batch-size must be a positive int"),
-        ({"epochs": -1}, "--epochs and --eval-every must be >= 0"),
+        ({"batch_size": 0}, "--batch-size must be an integer >= 1, got 0"),
+        ({"eval_batch_size": 0}, "--eval-batch-size must be an integer >= 1"),
+        ({"epochs": 0}, "--epochs must be an integer >= 1, got 0"),
+        ({"eval_every": -1}, "--eval-every must be an integer >= 0, got -1"),
+        ({"learning_rate": math.nan}, "--learning-rate must be a finite number > 0"),
+        ({"seed": 2**32}, "--seed must be an integer >= 0 and <= 4294967295"),
+        ({"data": ""}, "--data must be a name or a path"),
+        ({"progress": "no"}, "--progress must be True or False"),
+        ({"rnn_dropout": 0.5}, "rnn_dropout .* needs rnn_layers > 1"),
     ],
 )
 def test_unusable_flags_are_refused_by_name(config, changes, message):
@@ -651,20 +663,35 @@ def test_a_missing_checkpoint_is_a_checkpoint_error(tmp_path, config):
 
 
 @pytest.mark.parametrize(
-    ("content", "found"),
+    ("content", "message"),
     [
-        pytest.param({"weight": torch.zeros(3)}, "None", id="state-dict"),
-        pytest.param({"format": 2, "model": {}}, "2", id="other-format"),
-        pytest.param(torch.zeros(3), "'Tensor'", id="tensor"),
-        pytest.param([1, 2, 3], "'list'", id="list"),
+        pytest.param(
+            {"weight": torch.zeros(3)},
+            "is not a dmm_helpers checkpoint: it holds a dict without 'format'",
+            id="state-dict",
+        ),
+        pytest.param(
+            {"format": 2, "model": {}, "versions": {"dmm_helpers": "9.0"}},
+            r"is a checkpoint of format 2 \(written by dmm_helpers 9.0\), but "
+            r"dmm_helpers \S+ reads format 1",
+            id="other-format",
+        ),
+        pytest.param(
+            torch.zeros(3),
+            "is not a dmm_helpers checkpoint: it holds a Tensor",
+            id="tensor",
+        ),
+        pytest.param(
+            [1, 2, 3], "is not a dmm_helpers checkpoint: it holds a list", id="list"
+        ),
     ],
 )
-def test_a_torch_file_of_something_else_is_a_checkpoint_error(tmp_path, content, found):
+def test_a_torch_file_of_something_else_is_a_checkpoint_error(
+    tmp_path, content, message
+):
     path = tmp_path / "other.pt"
     torch.save(content, path)
-    with pytest.raises(
-        CheckpointError, match=rf"not a dmm_helpers checkpoint .*\(found {found}\)"
-    ):
+    with pytest.raises(CheckpointError, match=r"other\.pt " + message):
         load_checkpoint(path)
 
 
@@ -724,7 +751,8 @@ def test_a_model_config_that_disagrees_with_the_flags_is_refused_on_resume(
     state["model_config"]["rnn_dim"] = 17
     torch.save(state, path)
     with pytest.raises(
-        CheckpointError, match=r"checkpoint\.pt is for the model .*rnn_dim=17"
+        CheckpointError,
+        match=r"checkpoint\.pt is for another model .*: rnn_dim 17 \(stored\) vs 16$",
     ):
         Trainer(config, resume=True)
 
@@ -939,15 +967,17 @@ def test_best_pt_holds_the_weights_of_the_best_validation_bound(config, monkeypa
     assert load_checkpoint(trainer.checkpoint_path)["best_valid"] == 3.0
 
 
-def test_a_run_without_validation_data_logs_no_valid_bound_and_writes_no_best(
+def test_a_run_without_validation_data_is_refused_unless_it_never_evaluates(
     tmp_path, config
 ):
     data = json.loads(Path(config.data).read_text())
     data["valid"] = []
     (tmp_path / "novalid.json").write_text(json.dumps(data))
-    trainer = Trainer(dataclasses.replace(config, data=str(tmp_path / "novalid.json")))
-    (record,) = trainer.run()
-    assert "valid_bound" not in record and "test_bound" in record
+    novalid = dataclasses.replace(config, data=str(tmp_path / "novalid.json"))
+    with pytest.raises(ValueError, match="no validation sequences.*--eval-every 0"):
+        Trainer(novalid)
+    assert not Path(config.out).exists()
+    assert Trainer(dataclasses.replace(novalid, eval_every=0)).run() == []
     assert not (Path(config.out) / "best.pt").exists()
 
 
@@ -993,6 +1023,85 @@ def test_parse_args_has_one_flag_per_setting():
     assert parse_args(["--kl", "sampled", "--ema-decay", "0.99"])[0] == TrainConfig(
         kl_estimator="sampled", ema_decay=0.99
     )
+
+
+def test_parse_command_line_tells_the_flags_given_from_those_left_out():
+    line = parse_command_line(
+        ["--epochs", "5000", "--eval-every", "10", "--no-progress", "--kl", "sampled"]
+    )
+    assert line.given == {
+        "epochs": 5000,
+        "eval_every": 10,
+        "progress": False,
+        "kl_estimator": "sampled",
+    }
+    assert (line.resume, line.overwrite, line.debug) == (False, False, False)
+    assert line.config() == TrainConfig(
+        epochs=5000, eval_every=10, progress=False, kl_estimator="sampled"
+    )
+    assert parse_command_line([]).given == {}
+    line = parse_command_line(["--resume", "--debug", "--out", "x"])
+    assert (line.given, line.resume, line.overwrite, line.debug) == (
+        {"out": "x"},
+        True,
+        False,
+        True,
+    )
+
+
+def test_resume_takes_a_flag_given_at_its_default_value(config):
+    """The bug of issue 14: ``--epochs 5000`` (the default) was taken as not given."""
+    stored = dataclasses.asdict(
+        dataclasses.replace(config, epochs=1000, eval_every=1, learning_rate=4e-4)
+    )
+    line = parse_command_line(
+        ["--resume", "--out", config.out, "--epochs", "5000", "--eval-every", "10"]
+    )
+    merged = merge_resumed_config(stored, line.config(), line.given)
+    assert (merged.epochs, merged.eval_every) == (5000, 10)
+    assert (merged.z_dim, merged.learning_rate) == (config.z_dim, 4e-4)  # the run's
+    line = parse_command_line(["--resume", "--learning-rate", "3e-4"])
+    with pytest.raises(CheckpointError, match=r"--learning-rate 0.0004 -> 0.0003"):
+        merge_resumed_config(stored, line.config(), line.given)
+    # From Python, without the names given, a default value reads as not given.
+    assert merge_resumed_config(stored, line.config()).epochs == 1000
+
+
+def test_the_command_says_when_there_is_nothing_to_train_and_resumes_for_more(
+    config, capsys
+):
+    argv = ["--data", config.data, "--out", config.out, "--epochs", "1"]
+    argv += flags({**TINY, "eval_every": 1})
+    train.main(argv)
+    assert json.loads(capsys.readouterr().out)["epoch"] == 1
+    resume = ["--resume", "--out", config.out, "--device", "cpu"]
+    train.main(resume)
+    output = capsys.readouterr()
+    assert output.out == ""
+    assert "nothing to train: the run in" in output.err
+    assert "has done 1 of its 1 epochs; pass --epochs" in output.err
+    train.main([*resume, "--epochs", "2"])
+    assert json.loads(capsys.readouterr().out)["epoch"] == 2
+    assert load_checkpoint(Path(config.out) / "checkpoint.pt")["epoch"] == 2
+
+
+def test_help_describes_every_flag_in_a_sentence_in_its_group():
+    text = build_parser().format_help()
+    flat = " ".join(text.split()).replace("- ", "-")  # argparse breaks at hyphens
+    headings = [text.index(f"\n{group}:\n") for group in FLAG_GROUPS]
+    assert headings == sorted(headings)
+    for field in dataclasses.fields(TrainConfig):
+        about = field.metadata["help"]
+        assert about.endswith(".") and len(about.split()) >= 4, field.name
+        assert " ".join(about.split()) in flat, field.name
+        heading = text.index(f"\n{field.metadata['group']}:\n")
+        following = [h for h in headings if h > heading]
+        section = text[heading : min(following, default=len(text))]
+        assert f"  {flag_of(field.name)}" in section, field.name
+    assert "elementwise clamp" in flat
+    for flag in ("--resume", "--overwrite", "--debug"):
+        assert f"  {flag} " in text
+    assert "exit status: 0 done; 1 a problem" in flat
 
 
 @pytest.mark.parametrize("argv", [["--kl", "exact"], ["--device", "gpu"]])
