@@ -489,10 +489,13 @@ def load_sequences(path: str | os.PathLike) -> dict[str, list[torch.Tensor]]:
     - a JSON file in the JSB format (validated the same way, no checksum), or
     - a folder of ``.mid``/``.midi``/``.mxl``/``.musicxml``/``.xml`` files
       (searched recursively), each parsed with music21 and quantised with
-      :func:`quantize_to_quarters`. Files are sorted by their path relative
-      to the folder and split by position like :func:`load_bach_chorales`:
-      ``i % 10`` in 0-7 -> train, 8 -> valid, 9 -> test (so fewer than nine
-      files all land in train).
+      :func:`quantize_to_quarters`. If the folder has subfolders ``train``,
+      ``valid`` and ``test`` (``train`` at least), they are the splits, and
+      files elsewhere are ignored. Otherwise the files are sorted by their
+      path relative to the folder and split by position
+      (:func:`split_by_position`): ``i % 10`` in 0-7 -> train, 8 -> valid,
+      9 -> test, except that of fewer than ten files the last two go to valid
+      and test (one or two files all go to train).
 
     MIDI files are best written with one voice per track (as
     :func:`dmm_helpers.music.write_midi` does): music21 10 can shift notes
@@ -502,8 +505,9 @@ def load_sequences(path: str | os.PathLike) -> dict[str, list[torch.Tensor]]:
 
     Raises:
         FileNotFoundError: nothing at ``path``.
-        ValueError: invalid JSON or notes; a folder without music files; a
-            file music21 cannot parse or that has no notes (named).
+        ValueError: invalid JSON or notes; a folder (or its ``train``
+            subfolder) without music files; a file music21 cannot parse or
+            that has no notes (named).
     """
     path = Path(path).expanduser()
     if path.is_file():
@@ -512,22 +516,61 @@ def load_sequences(path: str | os.PathLike) -> dict[str, list[torch.Tensor]]:
         )
     if not path.is_dir():
         raise FileNotFoundError(f"no JSON file or folder of music files at {path}")
+    if (path / "train").is_dir():
+        data = {split: _read_music(path / split) for split in SPLITS}
+        if not data["train"]:
+            raise ValueError(
+                f"{path / 'train'} holds no music files "
+                f"(looked for {', '.join(_MUSIC_SUFFIXES)})"
+            )
+    else:
+        pieces = _read_music(path)
+        if not pieces:
+            raise ValueError(
+                f"{path} holds no music files (looked for {', '.join(_MUSIC_SUFFIXES)})"
+            )
+        data = split_by_position(pieces)
+    return rolls_from_notes(data, source=str(path))
+
+
+def split_by_position(pieces: Sequence[Any]) -> dict[str, list[Any]]:
+    """Split a folder's pieces by position: 8 of every 10 to train, 1 valid, 1 test.
+
+    ``i % 10`` in 0-7 -> train, 8 -> valid, 9 -> test, as
+    :func:`load_bach_chorales` does; with three to nine pieces, which that
+    rule would leave without a test (or valid) piece, the last two go to
+    valid and test, so that a run on them is evaluated. One or two pieces
+    all go to train.
+    """
+    data: dict[str, list[Any]] = {split: [] for split in SPLITS}
+    small = 3 <= len(pieces) < 10
+    for index, piece in enumerate(pieces):
+        if small:
+            split = {len(pieces) - 2: "valid", len(pieces) - 1: "test"}.get(
+                index, "train"
+            )
+        else:
+            split = _split_of(index)
+        data[split].append(piece)
+    return data
+
+
+def _read_music(folder: Path) -> list[list[list[int]]]:
+    """The notes of every music file below ``folder``, sorted by relative path."""
     import music21
 
+    if not folder.is_dir():
+        return []
     files = sorted(
         (
             f
-            for f in path.rglob("*")
+            for f in folder.rglob("*")
             if f.is_file() and f.suffix.lower() in _MUSIC_SUFFIXES
         ),
-        key=lambda f: f.relative_to(path).as_posix(),
+        key=lambda f: f.relative_to(folder).as_posix(),
     )
-    if not files:
-        raise ValueError(
-            f"{path} holds no music files (looked for {', '.join(_MUSIC_SUFFIXES)})"
-        )
-    data: dict[str, list[list[list[int]]]] = {split: [] for split in SPLITS}
-    for index, file in enumerate(files):
+    pieces = []
+    for file in files:
         try:
             score = music21.converter.parse(file)
         except Exception as error:  # noqa: BLE001 -- music21 raises many types; report the file
@@ -537,8 +580,8 @@ def load_sequences(path: str | os.PathLike) -> dict[str, list[torch.Tensor]]:
             raise ValueError(f"{file} has no pitched notes")
         # Named by its file, should a pitch lie off the piano.
         validate_sequence(notes, str(file))
-        data[_split_of(index)].append(notes)
-    return rolls_from_notes(data, source=str(path))
+        pieces.append(notes)
+    return pieces
 
 
 def load_data(spec: str) -> dict[str, list[torch.Tensor]]:

@@ -37,6 +37,7 @@ from dmm_helpers.data import (
     quantize_to_quarters,
     reverse_sequences,
     rolls_from_notes,
+    split_by_position,
 )
 
 
@@ -543,6 +544,60 @@ def test_load_sequences_midi_folder_split_by_sorted_name(tmp_path):
     expected = torch.zeros(3, 88)
     expected[[0, 1, 2], [50 - 21, 54 - 21, 57 - 21]] = 1
     assert torch.equal(data["train"][0], expected)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "sizes"),
+    [
+        (1, (1, 0, 0)),
+        (2, (2, 0, 0)),
+        (3, (1, 1, 1)),
+        (8, (6, 1, 1)),
+        (9, (7, 1, 1)),
+        (10, (8, 1, 1)),
+        (19, (16, 2, 1)),
+        (20, (16, 2, 2)),
+    ],
+)
+def test_split_by_position_leaves_no_split_empty_from_three_pieces(pieces, sizes):
+    data = split_by_position(list(range(pieces)))
+    assert tuple(len(data[split]) for split in ("train", "valid", "test")) == sizes
+    assert sorted(sum(data.values(), [])) == list(range(pieces))
+    if pieces >= 10:  # the usual rule, as for the Bach chorales
+        assert data["valid"][0] == 8 and data["test"][0] == 9
+
+
+def test_a_folder_of_eight_midi_files_is_evaluated_on_its_last_two(tmp_path):
+    for i in range(8):
+        _write_midi(tmp_path / f"piece{i}.mid", [50 + i, 54 + i])
+    data = load_sequences(tmp_path)
+    first_notes = {
+        split: [int(torch.nonzero(roll[0])[0, 0]) + LOWEST_NOTE for roll in rolls]
+        for split, rolls in data.items()
+    }
+    assert first_notes == {"train": list(range(50, 56)), "valid": [56], "test": [57]}
+
+
+def test_subfolders_train_valid_and_test_are_the_splits(tmp_path):
+    for name, pitch in [
+        ("train/a.mid", 50),
+        ("train/deeper/b.mid", 51),
+        ("valid/c.mid", 52),
+        ("test/d.mid", 53),
+        ("elsewhere/e.mid", 54),  # not in a split: not read
+    ]:
+        _write_midi(tmp_path / name, [pitch])
+    data = load_sequences(tmp_path)
+    first_notes = {
+        split: [int(torch.nonzero(roll[0])[0, 0]) + LOWEST_NOTE for roll in rolls]
+        for split, rolls in data.items()
+    }
+    assert first_notes == {"train": [50, 51], "valid": [52], "test": [53]}
+    for split in ("train", "valid", "test"):
+        for file in (tmp_path / split).rglob("*.mid"):
+            file.unlink()
+    with pytest.raises(ValueError, match=r"train holds no music files"):
+        load_sequences(tmp_path)
 
 
 def test_load_sequences_empty_folder(tmp_path):
