@@ -28,17 +28,20 @@ runs/jsb_dmm --name jsb_dmm --description "..."``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dmm_helpers.checkpoint import load_model
-from dmm_helpers.checks import write_bytes
+from dmm_helpers.checks import atomic_write
+from dmm_helpers.cli import add_debug_flag, errors_reported, new_parser
 from dmm_helpers.data import ChecksumError, default_cache_dir, download, sha256_of
 from dmm_helpers.dmm import DMM
 
@@ -150,16 +153,29 @@ def training_command(name: str) -> str:
     return (pretrained_dir(name) / "command.txt").read_text().splitlines()[0]
 
 
+def check_name(name: str) -> str:
+    """``name`` if it can name a shipped model: letters, digits and underscores."""
+    if not name or not name.replace("_", "").isalnum() or not name.isascii():
+        raise ValueError(
+            f"a model name is letters, digits and underscores, got {name!r}"
+        )
+    return name
+
+
 def ship(
     run_dir: str | os.PathLike, name: str, description: str, target: Path | None = None
 ) -> Path:
     """Copy a run's ``best.pt``, ``log.jsonl`` and ``command.txt`` and list them.
 
     They go to ``pretrained/name`` (or ``target/name``) as ``model.pt``,
-    ``log.jsonl`` and ``command.txt``. Every file is written atomically
-    (:func:`dmm_helpers.checks.atomic_write`); the manifest last, so a
-    shipped folder is never listed with files it does not have.
+    ``log.jsonl`` and ``command.txt``, and their SHA-256 to the manifest.
+    ``best.pt`` must load as a model. Every file is written to a temporary
+    file first (:func:`dmm_helpers.checks.atomic_write`), and the files are
+    renamed into place only once all of them are written, the manifest last:
+    a write that fails (a full disk, say) leaves the shipped folder and the
+    manifest as they were.
     """
+    check_name(name)
     run = Path(run_dir)
     sources = {
         "model.pt": run / "best.pt",
@@ -169,38 +185,63 @@ def ship(
     missing = [str(path) for path in sources.values() if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"cannot ship {run}: missing {missing}")
-    if not name or not name.replace("_", "").isalnum():
-        raise ValueError(
-            f"a model name is letters, digits and underscores, got {name!r}"
-        )
-    folder = (target or REPOSITORY_DIR) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    for file, source in sources.items():
-        write_bytes(folder / file, source.read_bytes())
+    load_model(sources["model.pt"])  # a CheckpointError, naming it, if unusable
+    contents = {file: source.read_bytes() for file, source in sources.items()}
     models = manifest() if MANIFEST_PATH.exists() else {}
     models[name] = {
         "description": description,
-        "files": {file: sha256_of(folder / file) for file in FILES},
+        "files": {file: hashlib.sha256(contents[file]).hexdigest() for file in FILES},
     }
     manifest_text = json.dumps(models, indent=2, sort_keys=True) + "\n"
-    write_bytes(MANIFEST_PATH, manifest_text.encode())
+    folder = (target or REPOSITORY_DIR) / name
+    # Each atomic_write renames its file when its context exits, in the
+    # reverse order of entering: the manifest, entered first, is renamed last.
+    with ExitStack() as stack:
+        listing = stack.enter_context(atomic_write(MANIFEST_PATH))
+        for file in FILES:
+            stack.enter_context(atomic_write(folder / file)).write(contents[file])
+        listing.write(manifest_text.encode())
     return folder
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dmm_helpers.pretrained")
+    """``python -m dmm_helpers.pretrained`` (exit statuses: :mod:`dmm_helpers.cli`)."""
+    parser = new_parser(
+        "python -m dmm_helpers.pretrained",
+        "The models shipped with the book: list them, or ship a training run.",
+    )
+    add_debug_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="the shipped models")
-    ship_parser = commands.add_parser("ship", help="ship a training run's best model")
-    ship_parser.add_argument("run_dir")
-    ship_parser.add_argument("--name", required=True)
-    ship_parser.add_argument("--description", required=True)
+    commands.add_parser("list", help="List the shipped models.")
+    ship_parser = commands.add_parser(
+        "ship",
+        help="Ship a training run's best model, log and command.",
+        allow_abbrev=False,
+    )
+    ship_parser.add_argument("run_dir", help="The run folder (--out of training).")
+    ship_parser.add_argument(
+        "--name",
+        required=True,
+        type=_name_flag,
+        help="The model's name: letters, digits and underscores.",
+    )
+    ship_parser.add_argument(
+        "--description", required=True, help="One sentence on what the model is."
+    )
     args = parser.parse_args(argv)
-    if args.command == "ship":
-        print(ship(args.run_dir, args.name, args.description))
-    else:
-        for name, entry in manifest().items():
-            print(f"{name}: {entry['description']}")
+    with errors_reported(args.debug):
+        if args.command == "ship":
+            print(ship(args.run_dir, args.name, args.description))
+        else:
+            for name, entry in manifest().items():
+                print(f"{name}: {entry['description']}")
+
+
+def _name_flag(text: str) -> str:
+    try:
+        return check_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 if __name__ == "__main__":

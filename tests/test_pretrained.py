@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from faults import NO_SPACE, disk_fills, temporaries
 
 from dmm_helpers import pretrained
+from dmm_helpers.checks import WriteError
 from dmm_helpers.data import ChecksumError
 from dmm_helpers.dmm import DMM
 
@@ -118,6 +120,22 @@ def test_a_corrupt_download_leaves_nothing_behind(server, tmp_path, monkeypatch)
         p.name for p in (tmp_path / "cache" / "pretrained" / "jsb_dmm").iterdir()
     ]
     assert all(name in pretrained.FILES for name in leftovers), leftovers
+
+
+def test_a_disk_full_during_a_download_leaves_no_partial_file(
+    server, tmp_path, monkeypatch
+):
+    _, url = server
+    _away_from_the_repository(monkeypatch, tmp_path, url)
+    cached = tmp_path / "cache" / "pretrained" / "jsb_dmm"
+    with disk_fills("model.pt", room=10_000):
+        with pytest.raises(WriteError) as full:
+            pretrained.pretrained_dir("jsb_dmm")
+    assert str(full.value.strerror) == (
+        f"could not write {cached / 'model.pt'}: {NO_SPACE}; no model.pt was written"
+    )
+    assert not (cached / "model.pt").exists() and not temporaries(cached)
+    assert pretrained.pretrained_dir("jsb_dmm") == cached  # with room, it completes
 
 
 def test_ship_copies_the_run_and_lists_its_checksums(tmp_path, monkeypatch):
