@@ -247,28 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="best.pt or checkpoint.pt of a run, or a shipped model.pt.",
     )
     estimate = parser.add_argument_group("estimate", "the importance sampling")
-    estimate.add_argument(
-        "--samples",
-        type=number_flag(COUNT),
-        default=100,
-        metavar="K",
-        help="Importance samples K per sequence (the paper used 2000). Default: 100.",
-    )
-    estimate.add_argument(
-        "--chunk-size",
-        type=number_flag(COUNT),
-        default=50,
-        metavar="N",
-        help="Samples drawn at once (memory only: the estimate is the same). "
-        "Default: 50.",
-    )
-    estimate.add_argument(
-        "--batch-size",
-        type=number_flag(COUNT),
-        default=20,
-        metavar="N",
-        help="Sequences scored at once (memory only). Default: 20.",
-    )
+    for flag, default, metavar, about in (
+        ("--samples", 100, "K", "Importance samples K per sequence (the paper: 2000)."),
+        (
+            "--chunk-size",
+            50,
+            "N",
+            "Samples drawn at once (memory only: same estimate).",
+        ),
+        ("--batch-size", 20, "N", "Sequences scored at once (memory only)."),
+    ):
+        estimate.add_argument(
+            flag,
+            type=number_flag(COUNT),
+            default=default,
+            metavar=metavar,
+            help=f"{about} Default: {default}.",
+        )
     estimate.add_argument(
         "--seed",
         type=number_flag(SEED),

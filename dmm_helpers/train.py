@@ -450,8 +450,13 @@ class Trainer:
     """One training run: the model, the optimiser and the position in the schedule.
 
     ``Trainer(config).run()`` trains; ``Trainer(config, resume=True)``
-    continues from ``config.out/checkpoint.pt``. The files of the run are
-    :attr:`folder`'s (a :class:`~dmm_helpers.checkpoint.RunFolder`).
+    continues from ``config.out/checkpoint.pt`` (``given``: the settings the
+    caller set, see :func:`merge_resumed_config`). The files of the run are
+    :attr:`folder`'s (a :class:`~dmm_helpers.checkpoint.RunFolder`). Every
+    setting, the data and the checkpoint are checked before anything is
+    written; from its first write the trainer holds the folder's lock, until
+    :meth:`close` or garbage collection, so that a run in another process
+    cannot write there too.
     """
 
     def __init__(
