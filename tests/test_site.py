@@ -320,11 +320,14 @@ WIDTH_CHECK = """() => {
     };
     const excerpt = el => (el.textContent || el.getAttribute('src') || '')
         .trim().split('\\n')[0].slice(0, 50);
+    // Blocks that scroll when their content is wider (not inline math, say).
+    const scrolls = el => el.tagName === 'PRE'
+        || ['auto', 'scroll'].includes(getComputedStyle(el).overflowX);
     const wide = [];
     for (const el of column.querySelectorAll('pre, .cell_output, .cell_output *')) {
         if (el.getClientRects().length === 0) continue;  // hidden: a folded solution
         const box = el.getBoundingClientRect();
-        if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1) {
+        if (scrolls(el) && el.scrollWidth > el.clientWidth + 1) {
             const what = `holds ${el.scrollWidth}px in ${el.clientWidth}px`;
             wide.push([el, `${label(el)} ${what}`]);
         } else if (box.right > right) {
