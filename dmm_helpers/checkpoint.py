@@ -259,13 +259,13 @@ def config_differences(stored: DMMConfig, expected: DMMConfig) -> str:
     )
 
 
-# This process's holds on run folders' locks: the lock file's real path ->
-# [its open descriptor, how many FolderLocks hold it]. flock belongs to an open
-# file, so the descriptor is opened once per process and shared by its holders.
-_HELD: dict[str, list[int]] = {}
+# This process's holds on run folders' locks: the lock file's (device, inode)
+# -> [its open descriptor, how many FolderLocks hold it]. flock belongs to an
+# open file, so one descriptor per file is kept and shared by its holders.
+_HELD: dict[tuple[int, int], list[int]] = {}
 
 
-def _release(key: str) -> None:
+def _release(key: tuple[int, int]) -> None:
     held = _HELD.get(key)
     if held is None:
         return
@@ -283,7 +283,7 @@ class FolderLock:
     lock file never blocks a later run).
     """
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: tuple[int, int]) -> None:
         self._release = weakref.finalize(self, _release, key)
 
     def release(self) -> None:
@@ -357,9 +357,12 @@ class RunFolder:
         self.check_usable()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            key = os.path.realpath(self.lock_file)
-            if key not in _HELD:
-                fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+            opened = os.fstat(fd)
+            key = (opened.st_dev, opened.st_ino)
+            if key in _HELD:
+                os.close(fd)  # this process holds it already
+            else:
                 try:
                     if fcntl is not None:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -1247,3 +1248,31 @@ def test_a_run_folder_keeps_the_log_up_to_the_resumed_step(tmp_path):
     assert folder.command.read_text().startswith(
         "python -m dmm_helpers.train --epochs 2\n"
     )
+
+
+def test_a_run_folder_lock_is_shared_in_a_process_and_refused_across(tmp_path):
+    import fcntl
+
+    folder = RunFolder(tmp_path / "run")
+    first, second = folder.lock(), folder.lock()  # one process: shared
+    other = os.open(folder.lock_file, os.O_RDWR)  # another open file, as elsewhere
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    first.release()
+    with pytest.raises(BlockingIOError):  # still held by the second holder
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    second.release()
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free now
+    with pytest.raises(checkpoint.RunFolderError, match="is in use by another"):
+        folder.lock()
+    os.close(other)
+    held = folder.lock()
+    # A folder removed and made again is a new lock file: locked afresh.
+    shutil.rmtree(folder.path)
+    again = folder.lock()
+    other = os.open(folder.lock_file, os.O_RDWR)
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(other)
+    held.release()
+    again.release()
