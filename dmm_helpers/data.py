@@ -472,8 +472,8 @@ def load_bach_chorales(
     for index, name in enumerate(names):
         try:
             notes = quantize_to_quarters(corpus.parse(name))
-        except Exception:  # noqa: BLE001 -- a corpus file music21 cannot read is skipped, as documented
-            continue
+        except Exception:  # noqa: BLE001
+            continue  # a corpus file music21 cannot read is skipped, as documented
         if notes:
             data[_split_of(index)].append(notes)
     rolls = rolls_from_notes(data, source="music21 Bach chorales")
@@ -573,7 +573,8 @@ def _read_music(folder: Path) -> list[list[list[int]]]:
     for file in files:
         try:
             score = music21.converter.parse(file)
-        except Exception as error:  # noqa: BLE001 -- music21 raises many types; report the file
+        except Exception as error:  # noqa: BLE001
+            # music21 raises many types: name the file whatever it raised.
             raise ValueError(f"music21 could not parse {file}: {error}") from error
         notes = quantize_to_quarters(score)
         if not notes:
