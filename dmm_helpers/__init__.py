@@ -17,6 +17,8 @@ imported by the chapters after it:
   ``guide``\\ s (chapters 03-05 and 08)
 - :mod:`dmm_helpers.elbo`       -- the vectorised ELBO, equal to Pyro's (chapter 05)
 - :mod:`dmm_helpers.checks`     -- input checks and atomic file writes
+- :mod:`dmm_helpers.cli`        -- command-line errors: usage errors, one-line
+  messages, exit statuses
 - :mod:`dmm_helpers.checkpoint` -- checkpoints and run folders (chapter 06)
 - :mod:`dmm_helpers.devices`    -- choosing the CPU or a GPU (chapter 06)
 - :mod:`dmm_helpers.train`      -- ``python -m dmm_helpers.train`` (chapter 06)

@@ -746,7 +746,12 @@ def test_code_fits_the_page(path):
 # --- the parts of a chapter ----------------------------------------------------------
 
 EXERCISE = re.compile(r"```\{exercise\}[^\n]*\n:label: (ex-[\w-]+)")
-SOLUTION = re.compile(r"```\{solution\} (ex-[\w-]+)\n((?::[\w-]+:[^\n]*\n)*)")
+# A solution is one directive, or (its code run with the chapter, its findings
+# computed) sphinx-exercise's gated pair solution-start ... solution-end.
+SOLUTION = re.compile(
+    r"```\{solution(?:-start)?\} (ex-[\w-]+)\n((?::[\w-]+:[^\n]*\n)*)"
+)
+SOLUTION_END = "```{solution-end}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -769,6 +774,10 @@ def test_chapter_has_goals_summary_exercises_and_references(path):
     )
     assert all(label.startswith(f"ex-{number}-") for label in exercises), exercises
     solutions = {label: options for label, options in SOLUTION.findall(text)}
+    gated = text.count("```{solution-start}")
+    assert gated == text.count(SOLUTION_END), (
+        f"{path.name}: every solution-start needs its solution-end"
+    )
     for label in exercises:
         assert label in solutions, f"{path.name}: exercise {label} has no solution"
         assert ":class: dropdown" in solutions[label], (
@@ -808,3 +817,13 @@ if __name__ == "__main__":
     if sys.argv[1:2] != ["--sync"] or len(sys.argv) < 3:
         sys.exit("usage: python tests/test_notebooks.py --sync NOTEBOOK...")
     _sync(sys.argv[2:])
+
+
+def test_gated_solutions_count_as_solutions():
+    text = (
+        "```{exercise}\n:label: ex-99-a\nQ?\n```\n\n"
+        "```{solution-start} ex-99-a\n:class: dropdown\n```\nA.\n```{solution-end}\n```"
+    )
+    assert EXERCISE.findall(text) == ["ex-99-a"]
+    assert SOLUTION.findall(text) == [("ex-99-a", ":class: dropdown\n")]
+    assert SOLUTION.findall(text.replace("solution-start", "solutionstart")) == []
