@@ -44,6 +44,7 @@ from dmm_helpers.devices import resolve_device
 from dmm_helpers.dmm import DMM
 from dmm_helpers.train import (
     FLAG_GROUPS,
+    PRESETS,
     NonFiniteLossError,
     TrainConfig,
     Trainer,
@@ -1048,6 +1049,34 @@ def test_parse_command_line_tells_the_flags_given_from_those_left_out():
         False,
         True,
     )
+
+
+def test_a_preset_sets_its_flags_and_given_flags_win():
+    line = parse_command_line(["--preset", "pyro2017", "--clip-norm", "5"])
+    assert line.config() == TrainConfig(
+        kl_estimator="sampled",
+        learning_rate=4e-4,
+        clip_norm=5.0,  # given, over the preset's 20
+        weight_decay=0.6,
+        minimum_annealing_factor=0.1,
+    )
+    assert parse_command_line(["--preset", "pyro"]).config() == TrainConfig(
+        kl_estimator="sampled"
+    )
+    # command.txt records the resolved values, so it reproduces the run alone.
+    command = line.config().command()
+    assert "--preset" not in command
+    for flag in ("--learning-rate 0.0004", "--clip-norm 5.0", "--kl sampled"):
+        assert flag in command
+    for name, values in PRESETS.items():
+        assert TrainConfig(**values) == parse_command_line(["--preset", name]).config()
+
+
+def test_an_unknown_preset_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        parse_command_line(["--preset", "krishnan"])
+    assert stopped.value.code == 2
+    assert "invalid choice: 'krishnan'" in capsys.readouterr().err
 
 
 def test_resume_takes_a_flag_given_at_its_default_value(config):
