@@ -40,7 +40,8 @@ def main() -> None:
     digest = hashlib.sha256(raw).hexdigest()
     if digest != SHA256:
         sys.exit(
-            f"MathJax tarball from {local or URL} has SHA-256 {digest}, expected {SHA256}"
+            f"MathJax tarball from {local or URL} has SHA-256 {digest}, "
+            f"expected {SHA256}"
         )
     TARGET.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".mathjax-", dir=TARGET.parent))

@@ -20,7 +20,9 @@ def _key(script: Any) -> tuple:
     return (str(filename), tuple(sorted((k, str(v)) for k, v in attributes.items())))
 
 
-def dedupe(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+def dedupe(
+    app: Any, pagename: str, templatename: str, context: dict, doctree: Any
+) -> None:
     scripts = context.get("script_files")
     if not scripts:
         return
