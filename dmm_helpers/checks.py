@@ -74,6 +74,12 @@ class Range:
         return value
 
 
+def shape_of(value: Any) -> object:
+    """A tensor's shape, or the type name of anything else, for error messages."""
+    shape = getattr(value, "shape", None)
+    return tuple(shape) if shape is not None else type(value).__name__
+
+
 def positive_int(name: str, value: Any) -> int:
     """``value`` if it is an int >= 1 (not a bool); else a ``ValueError`` naming it."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

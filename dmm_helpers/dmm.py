@@ -31,7 +31,7 @@ from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN
 from torch import nn
 
-from dmm_helpers.checks import positive_int
+from dmm_helpers.checks import positive_int, shape_of
 from dmm_helpers.data import Batch
 from dmm_helpers.modules import (
     BackwardRNN,
@@ -42,14 +42,6 @@ from dmm_helpers.modules import (
     LinearGaussian,
     MeanField,
 )
-
-
-def _shape_of(value: object) -> object:
-    """A tensor's shape, or the type name of anything else, for error messages."""
-    return (
-        tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-    )
-
 
 GUIDES = ("st-r", "st-l", "st-lr", "mf-l", "mf-lr")
 """The inference networks of Krishnan et al. (2017, table 1), by their names there.
@@ -453,12 +445,12 @@ class LinearGaussianDMM(DMM):
     ) -> None:
         if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != A.shape[1]:
             raise ValueError(
-                f"A must be a square 2-D tensor (z_dim, z_dim); got {_shape_of(A)}"
+                f"A must be a square 2-D tensor (z_dim, z_dim); got {shape_of(A)}"
             )
         z_dim = A.shape[0]
         if not isinstance(C, torch.Tensor) or C.dim() != 2 or C.shape[1] != z_dim:
             raise ValueError(
-                f"C must be a 2-D tensor (obs_dim, {z_dim}); got {_shape_of(C)}"
+                f"C must be a 2-D tensor (obs_dim, {z_dim}); got {shape_of(C)}"
             )
         for name, vector, size in (
             ("q_scale", q_scale, z_dim),
@@ -468,7 +460,7 @@ class LinearGaussianDMM(DMM):
             if not isinstance(vector, torch.Tensor) or vector.shape != (size,):
                 raise ValueError(
                     f"{name} must be a tensor of shape ({size},); "
-                    f"got {_shape_of(vector)}"
+                    f"got {shape_of(vector)}"
                 )
         # emission_dim and transition_dim size networks that are replaced below.
         config = DMMConfig(

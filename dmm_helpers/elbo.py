@@ -26,7 +26,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from dmm_helpers.checks import finite_number
+from dmm_helpers.checks import finite_number, shape_of
 from dmm_helpers.data import Batch
 from dmm_helpers.dmm import DMM
 
@@ -249,14 +249,10 @@ def elbo_terms(
     elif isinstance(noise, torch.Tensor) and noise.shape == (batch_size, t_max, z_dim):
         eps = _pack(noise, batch.lengths).data  # (N, z_dim)
     else:
-        shape = (
-            tuple(noise.shape)
-            if isinstance(noise, torch.Tensor)
-            else type(noise).__name__
-        )
         expected = (batch_size, t_max, z_dim)
         raise ValueError(
-            f"noise must have shape (batch, time, z_dim) = {expected}; got {shape}"
+            "noise must have shape (batch, time, z_dim) = "
+            f"{expected}; got {shape_of(noise)}"
         )
     q = sample_guide(dmm, h, eps)
 

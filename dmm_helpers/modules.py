@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from dmm_helpers.checks import shape_of
 from dmm_helpers.data import reverse_sequences
 
 
@@ -362,23 +363,13 @@ class LinearGaussian(nn.Module):
     def __init__(self, matrix: torch.Tensor, scale: torch.Tensor) -> None:
         super().__init__()
         if not isinstance(matrix, torch.Tensor) or matrix.dim() != 2:
-            got = (
-                tuple(matrix.shape)
-                if isinstance(matrix, torch.Tensor)
-                else type(matrix).__name__
-            )
             raise ValueError(
-                f"matrix must be a 2-D tensor (out_dim, in_dim); got {got}"
+                f"matrix must be a 2-D tensor (out_dim, in_dim); got {shape_of(matrix)}"
             )
         if not isinstance(scale, torch.Tensor) or scale.shape != matrix.shape[:1]:
-            shape = (
-                tuple(scale.shape)
-                if isinstance(scale, torch.Tensor)
-                else type(scale).__name__
-            )
             raise ValueError(
                 f"scale must be a tensor of shape ({matrix.shape[0]},), one standard "
-                f"deviation per output; got {shape}"
+                f"deviation per output; got {shape_of(scale)}"
             )
         if not bool((scale > 0).all()):
             raise ValueError(
