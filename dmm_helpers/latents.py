@@ -12,6 +12,15 @@ that dimension. Two measures, both per dimension ``u`` of ``z_t``:
   the variance across the data (here every real step of every sequence) of
   the posterior mean. A dimension is *active* when ``A_u > 0.01``, their
   threshold: its posterior mean changes with the music.
+
+A structured guide's ``E_q[z_t]`` has no closed form (``z_t`` depends on the
+sampled ``z_{t-1}``); it is estimated as the average over ``S`` draws of the
+guide's mean ``loc_t``, whose expectation it is (Rao-Blackwellised: less
+noisy than averaging the ``z_t`` themselves). The variance of such
+averages across steps exceeds the variance of the true means by the
+average within-step variance over ``S``; that excess is estimated from the
+draws and subtracted, so a dimension whose mean never moves has ``A_u``
+near zero whatever ``S`` is.
 """
 
 from __future__ import annotations
@@ -58,10 +67,10 @@ def latent_usage(
     """KL per dimension and Burda's activity of a model's guide on ``sequences``.
 
     ``num_samples`` draws of the guide per sequence estimate the posterior
-    mean ``E_q[z_t]`` (a structured guide's ``z_t`` depends on the sampled
-    ``z_{t-1}``, so it has no closed form) and average the KL. The model is
-    put in eval mode for the duration. Needs a guide without flows, whose
-    ``q(z_t | ...)`` is a diagonal Gaussian with a closed-form KL.
+    means and average the KL (see the module's docstring). The model is put
+    in eval mode for the duration. Needs a guide without flows, whose
+    ``q(z_t | ...)`` is a diagonal Gaussian with a closed-form KL and mean
+    ``loc_t``.
     """
     num_samples = positive_int("num_samples", num_samples)
     batch_size = positive_int("batch_size", batch_size)
@@ -76,24 +85,36 @@ def latent_usage(
     model.eval()
     dtype, device = model.z_0.dtype, model.z_0.device
     kl_sum = torch.zeros(model.config.z_dim, dtype=torch.float64, device=device)
-    means, steps = [], 0
+    sums, squares, steps = [], [], 0
     try:
         for start in range(0, len(sequences), batch_size):
             chunk = [s.to(dtype) for s in sequences[start : start + batch_size]]
             batch = make_batch(chunk, device=device)
             h = model.summarise(batch)  # packed: .data (N, ...)
             z_shape = (len(h.data), model.config.z_dim)
-            z_sum = torch.zeros(z_shape, dtype=dtype, device=device)  # (N, z_dim)
+            loc_sum = torch.zeros(z_shape, dtype=torch.float64, device=device)
+            loc_square_sum = torch.zeros_like(loc_sum)  # (N, z_dim) each
             for _ in range(num_samples):
-                q = sample_guide(model, h, torch.randn_like(z_sum))
+                eps = torch.randn(z_shape, dtype=dtype, device=device)
+                q = sample_guide(model, h, eps)
                 p_loc, p_scale = prior_at_sample(model, q.z, h.batch_sizes)
                 kl = gaussian_kl_terms(q.loc, q.scale, p_loc, p_scale)  # (N, z_dim)
                 kl_sum += kl.sum(0).double()
-                z_sum += q.z
-            means.append((z_sum / num_samples).double())
+                loc_sum += q.loc.double()
+                loc_square_sum += q.loc.double().square()
+            sums.append(loc_sum)
+            squares.append(loc_square_sum)
             steps += len(h.data)
     finally:
         model.train(was_training)
-    posterior_means = torch.cat(means)  # (all steps, z_dim)
-    activity = posterior_means.var(0) if steps > 1 else torch.zeros_like(kl_sum)
+    loc_sum, loc_square_sum = torch.cat(sums), torch.cat(squares)  # (steps, z_dim)
+    posterior_means = loc_sum / num_samples
+    activity = torch.zeros_like(kl_sum)
+    if steps > 1:
+        activity = posterior_means.var(0)
+        if num_samples > 1:  # minus the Monte Carlo variance of the averages
+            within = (loc_square_sum - num_samples * posterior_means.square()) / (
+                num_samples - 1
+            )  # (steps, z_dim): variance of loc_t over the draws
+            activity = (activity - within.mean(0) / num_samples).clamp(min=0)
     return LatentUsage(kl_sum / (num_samples * steps), activity)
