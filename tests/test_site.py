@@ -390,25 +390,7 @@ def test_page(browser, server, page_path):
     assert not problems, f"{page_path}:\n  " + "\n  ".join(problems)
 
 
-# Chapters whose code is still being brought within ruff's 88 characters; each
-# mark is strict, so the test fails as soon as the page fits.
-NOT_YET_WITHIN_THE_COLUMN = ("06_", "07_")
-
-
-@pytest.mark.parametrize(
-    "page_path",
-    [
-        pytest.param(
-            path,
-            marks=pytest.mark.xfail(
-                strict=True, reason="chapters 06/07 are being switched over"
-            ),
-        )
-        if Path(path).name.startswith(NOT_YET_WITHIN_THE_COLUMN)
-        else path
-        for path in toc_pages()
-    ],
-)
+@pytest.mark.parametrize("page_path", toc_pages())
 def test_code_and_outputs_fit_the_column(browser, server, page_path):
     """No code cell, output or code in the text scrolls sideways or spills over."""
     _, widths = checked(browser, server, page_path)
