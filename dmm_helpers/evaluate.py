@@ -9,7 +9,8 @@ Introduced in chapters 06 and 07. Two numbers, both in nats per time step
 - the **importance-sampled NLL** (Burda et al., 2016): with ``K`` draws
   ``z^(k) ~ q(z | x)`` and weights ``w_k = p(x, z^(k)) / q(z^(k) | x)``,
   ``log p(x) ~ log (1/K) sum_k w_k``. It is never above the bound (Jensen)
-  and tends to ``log p(x)`` as ``K`` grows; the paper used ``K = 2000``.
+  and tends to ``log p(x)`` as ``K`` grows; the authors' code used ``K = 2000``
+  (``expt-polyphonic/train_dkf.py``; the paper does not give ``K``).
 
 The ``K`` draws are taken a chunk at a time, so memory stays bounded by
 ``--chunk-size`` copies of a batch whatever ``K`` is. The command shows a
@@ -248,7 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     estimate = parser.add_argument_group("estimate", "the importance sampling")
     for flag, default, metavar, about in (
-        ("--samples", 100, "K", "Importance samples K per sequence (the paper: 2000)."),
+        (
+            "--samples",
+            100,
+            "K",
+            "Importance samples K per sequence (the authors' code: 2000).",
+        ),
         (
             "--chunk-size",
             50,

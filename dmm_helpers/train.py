@@ -5,7 +5,8 @@ PyTorch around the vectorised ELBO of :mod:`dmm_helpers.elbo` (equal to Pyro's
 ``TraceMeanField_ELBO`` on the same draws, and several times faster), with the
 optimiser of Pyro's DMM example, ``ClippedAdam``: Adam with per-parameter
 gradient clipping and a learning rate multiplied by ``lr_decay`` every step.
-The defaults of the flags are the paper's and Pyro's example's.
+The defaults of the flags are those of Pyro's ``examples/dmm.py``, except the
+closed-form KL (this book's choice); ``--preset`` selects other sets.
 
 What a run leaves in ``--out`` (written by
 :class:`~dmm_helpers.checkpoint.RunFolder`):
@@ -129,8 +130,8 @@ class TrainConfig:
     """The flags of a training run; each field is a ``--flag`` of the command line.
 
     Each field's metadata holds its help sentence, its ``--help`` group and
-    the range of its values (:func:`setting`); the defaults are the paper's
-    and Pyro's example's.
+    the range of its values (:func:`setting`); the defaults are Pyro's
+    ``examples/dmm.py``'s, except ``kl_estimator`` (this book's choice).
     """
 
     data: str = setting(
