@@ -75,10 +75,11 @@ class Generated(NamedTuple):
 class DMMConfig:
     """Sizes and guide of a :class:`DMM`.
 
-    The default sizes are those of Pyro's ``examples/dmm.py`` command line for
-    JSB. The authors' code (``parse_args_dkf.py``) has the same ``z_dim`` and
-    RNN size but 200 hidden units in the emitter as well as the transition
-    (``dim_hidden``), and an LSTM where this book has a ReLU RNN.
+    The default sizes are those of Pyro's ``examples/dmm.py`` for JSB, which
+    are also the ones the paper's appendix states. The authors' code
+    (``parse_args_dkf.py``, ``stinfmodel/dkf.py``) has the same ``z_dim`` and
+    RNN size but 200 hidden units in the emitter and 400 in the transition
+    (``dim_hidden`` and twice it), and an LSTM where this book has a ReLU RNN.
     """
 
     input_dim: int = 88  # features per time step (piano keys)
