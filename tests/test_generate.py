@@ -10,12 +10,14 @@ the distributions they are meant to produce.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from dmm_helpers.data import make_batch
-from dmm_helpers.dmm import DMM, DMMConfig, LinearGaussianDMM
+from dmm_helpers.dmm import DMM, GUIDES, DMMConfig, LinearGaussianDMM
 from dmm_helpers.elbo import elbo_terms
 from dmm_helpers.generate import Generated, continue_sequence, sample_prior
 
@@ -346,3 +348,22 @@ def test_models_of_other_widths_take_prefixes_of_their_width():
     assert result.x.shape == (1, 5, 5)
     with pytest.raises(ValueError, match=r"must have 5 columns \(input_dim\); got 88"):
         continue_sequence(model, torch.ones(3, 88), 2)
+
+
+@pytest.mark.parametrize("guide", GUIDES)
+def test_every_guide_continues_a_chorale_from_its_own_reading(guide):
+    config = dataclasses.replace(TINY, guide=guide)
+    model = _model(config=config, dtype=torch.float64)
+    prefix = _prefix(7).double()
+    result = continue_sequence(model, prefix, 3, seed=5, num_samples=2)
+    assert result.x.shape == (2, 10, 88) and torch.equal(
+        result.x[:, :7], prefix.expand(2, -1, -1)
+    )
+    noise = torch.randn(
+        (2, 7, config.z_dim),
+        generator=torch.Generator().manual_seed(5),
+        dtype=torch.float64,
+    )
+    with torch.no_grad():  # the prefix's states are the guide's, read by elbo_terms
+        guide_z = elbo_terms(model, make_batch([prefix] * 2), noise=noise).z
+    assert torch.allclose(result.z[:, :7], guide_z, rtol=1e-10, atol=1e-12)
