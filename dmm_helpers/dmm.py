@@ -55,6 +55,21 @@ book's default.
 """
 
 
+CHOICES: dict[str, tuple[str, ...]] = {
+    "guide": GUIDES,
+    "scale": ("std", "variance"),
+    "z1_prior": ("learned", "standard"),
+    "guide_start": ("learned", "zero"),
+}
+"""The :class:`DMMConfig` fields that take one of a few names, and those names.
+
+``scale``, ``z1_prior`` and ``guide_start`` choose between Pyro's example (the
+first name, this book's default) and the authors' code: softplus giving
+the variance, ``p(z_1) = N(0, I)`` and a guide that starts from
+``z_0^q = 0`` (``stinfmodel/dkf.py``; the paper states all three).
+"""
+
+
 class Generated(NamedTuple):
     """Sampled sequences and the latent path that produced them.
 
@@ -92,13 +107,19 @@ class DMMConfig:
     num_iafs: int = 0  # inverse autoregressive flows in the guide
     iaf_dim: int = 100  # hidden units of each flow's autoregressive network
     guide: str = "st-r"  # inference network: one of GUIDES
+    scale: str = "std"  # softplus gives the "std" (Pyro's) or the "variance"
+    z1_prior: str = "learned"  # p(z_1): transition of a "learned" z_0, or "standard"
+    guide_start: str = "learned"  # a structured guide's z_0^q: "learned" or "zero"
 
     def __post_init__(self) -> None:
-        if self.guide not in GUIDES:
-            raise ValueError(f"guide must be one of {GUIDES}, got {self.guide!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.name == "guide":
+            if field.name in CHOICES:
                 continue
             if field.name == "rnn_dropout":
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -149,17 +170,20 @@ class DMM(nn.Module):
         if not isinstance(config, DMMConfig):
             raise TypeError(f"config must be a DMMConfig, got {type(config).__name__}")
         self.config = config
+        variance = config.scale == "variance"
         self.emitter = Emitter(config.input_dim, config.z_dim, config.emission_dim)
-        self.transition = GatedTransition(config.z_dim, config.transition_dim)
+        self.transition = GatedTransition(config.z_dim, config.transition_dim, variance)
         # The guide (GUIDES): a structured combiner or a mean-field layer, fed by
         # a backward RNN (the future), a forward RNN (the past) or both.
         kind, reads = config.guide.split("-")
         self.structured = kind == "st"
         summaries = len(reads)
         if self.structured:
-            self.combiner = Combiner(config.z_dim, config.rnn_dim, summaries)
+            self.combiner = Combiner(config.z_dim, config.rnn_dim, summaries, variance)
         else:
-            self.mean_field = MeanField(config.z_dim, config.rnn_dim, summaries)
+            self.mean_field = MeanField(
+                config.z_dim, config.rnn_dim, summaries, variance
+            )
         rnn_args = (config.input_dim, config.rnn_dim)
         rnn_args += (config.rnn_layers, config.rnn_dropout)
         if "r" in reads:
@@ -170,9 +194,17 @@ class DMM(nn.Module):
             AutoRegressiveNN(config.z_dim, [config.iaf_dim])
             for _ in range(config.num_iafs)
         )  # the flows' masked autoregressive networks, shared by all time steps
-        self.z_0 = nn.Parameter(torch.zeros(config.z_dim))  # the model's z_0
-        if self.structured:
-            self.z_q_0 = nn.Parameter(torch.zeros(config.z_dim))  # the guide's z_0
+        # The model's z_0 and a structured guide's z_0^q: learned parameters, or
+        # fixed zeros (buffers) where p(z_1) = N(0, I) or the guide starts at 0.
+        zeros = torch.zeros(config.z_dim)
+        if config.z1_prior == "learned":
+            self.z_0 = nn.Parameter(zeros.clone())
+        else:
+            self.register_buffer("z_0", zeros.clone())
+        if self.structured and config.guide_start == "learned":
+            self.z_q_0 = nn.Parameter(zeros.clone())
+        elif self.structured:
+            self.register_buffer("z_q_0", zeros.clone())
 
     def check_batch(self, batch: Batch) -> None:
         """Raise a clear error unless ``batch`` is a batch this model can score."""
@@ -282,6 +314,19 @@ class DMM(nn.Module):
             return self.combiner(z_prev, h_t)
         return self.mean_field(h_t)
 
+    def prior(
+        self, z_prev: torch.Tensor, first: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``loc``, ``scale`` of ``p(z_t | z_{t-1})``; of ``p(z_1)`` when ``first``.
+
+        The gated transition of ``z_prev`` ``(..., z_dim)``, except for the
+        first step of a model whose ``z1_prior`` is ``"standard"``: then
+        ``p(z_1) = N(0, I)`` (``z_prev`` is ``z_0`` there and only gives shapes).
+        """
+        if first and self.config.z1_prior == "standard":
+            return torch.zeros_like(z_prev), torch.ones_like(z_prev)
+        return self.transition(z_prev)
+
     def emission_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
         """``p(x_t | z_t)`` for ``z`` ``(..., z_dim)``, with batch shape ``(...)``."""
         return dist.Bernoulli(logits=self.emitter(z)).to_event(1)
@@ -295,7 +340,7 @@ class DMM(nn.Module):
         z_prev = self.z_0.expand(batch_size, -1)  # (batch, z_dim)
         with pyro.plate("sequences", batch_size, dim=-1):
             for t in pyro.markov(range(t_max)):
-                loc, scale = self.transition(z_prev)  # (batch, z_dim) each
+                loc, scale = self.prior(z_prev, first=t == 0)  # (batch, z_dim) each
                 with poutine.scale(scale=annealing_factor):
                     z_t = pyro.sample(
                         f"z_{t + 1}",
@@ -375,8 +420,13 @@ class DMM(nn.Module):
         num_steps: int,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        *,
+        start: bool = False,
     ) -> Generated:
         """Ancestral sampling: ``num_steps`` steps of the model from ``z_prev``.
+
+        With ``start``, ``z_prev`` is the model's ``z_0`` and the first step
+        draws ``z_1`` from :meth:`prior` for a first step.
 
         ``z_t = loc(z_{t-1}) + tau * scale(z_{t-1}) * eps_t`` and
         ``x_t ~`` :meth:`sample_emission` at the same ``tau``; each step draws
@@ -391,8 +441,8 @@ class DMM(nn.Module):
         """
         num_steps = positive_int("num_steps", num_steps)
         xs, zs, all_probs = [], [], []
-        for _ in range(num_steps):
-            loc, scale = self.transition(z_prev)  # (N, z_dim) each
+        for step in range(num_steps):
+            loc, scale = self.prior(z_prev, first=start and step == 0)  # (N, z_dim)
             eps = torch.randn(
                 loc.shape, generator=generator, dtype=loc.dtype, device=loc.device
             )
@@ -407,14 +457,15 @@ class DMM(nn.Module):
     def generate(
         self, num_sequences: int, num_steps: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ancestral samples from the learned ``z_0``: ``x`` and ``z``.
+        """Ancestral samples from the model's start: ``x`` and ``z``.
 
         ``x`` is ``(N, T, input_dim)``, ``z`` ``(N, T, z_dim)``. For temperatures,
         seeds and continuing a
         given beginning, see :mod:`dmm_helpers.generate`.
         """
         num_sequences = positive_int("num_sequences", num_sequences)
-        sample = self.sample_forward(self.z_0.expand(num_sequences, -1), num_steps)
+        z_0 = self.z_0.expand(num_sequences, -1)  # (N, z_dim)
+        sample = self.sample_forward(z_0, num_steps, start=True)
         return sample.x, sample.z
 
 

@@ -174,13 +174,18 @@ def prior_at_sample(
     """``loc``, ``scale`` of ``p(z_t | z_{t-1})`` for every packed row of ``z``.
 
     ``z`` is ``(N, z_dim)`` in ``PackedSequence`` row order with these
-    ``batch_sizes``; the previous state of a first step is the model's
-    ``z_0``, of any other step the row of the same sequence one step before.
+    ``batch_sizes``; a first step's prior is :meth:`DMM.prior` of ``z_0`` for a
+    first step, any other step's the transition of the row of the same
+    sequence one step before.
     """
     sizes = batch_sizes.tolist()
     z_0 = dmm.z_0.expand(sizes[0], -1)  # (batch, z_dim)
-    z_prev = torch.cat([z_0] + [z_t[:n] for z_t, n in zip(z.split(sizes), sizes[1:])])
-    return dmm.transition(z_prev)  # (N, z_dim) each
+    first_loc, first_scale = dmm.prior(z_0, first=True)  # p(z_1): (batch, z_dim)
+    z_prev = [z_t[:n] for z_t, n in zip(z.split(sizes), sizes[1:])]
+    if not z_prev:  # every sequence has one step
+        return first_loc, first_scale
+    loc, scale = dmm.prior(torch.cat(z_prev))  # (N - batch, z_dim) each
+    return torch.cat([first_loc, loc]), torch.cat([first_scale, scale])
 
 
 def elbo_terms(

@@ -123,7 +123,7 @@ def sample_prior(
     generator = _generator(seed, model.z_0.device)
     with _evaluating(model):
         z_0 = model.z_0.expand(num_sequences, -1)  # (N, z_dim)
-        return model.sample_forward(z_0, length, temperature, generator)
+        return model.sample_forward(z_0, length, temperature, generator, start=True)
 
 
 def continue_sequence(

@@ -53,6 +53,17 @@ class Emitter(nn.Module):
         return self.hidden_to_logits(hidden)  # (..., input_dim)
 
 
+def softplus_scale(argument: torch.Tensor, variance: bool) -> torch.Tensor:
+    """A Gaussian's standard deviation from a network's output, through softplus.
+
+    Softplus gives the standard deviation itself (Pyro's example, this book's
+    default), or the variance, whose square root is then taken (the authors'
+    code and the paper, ``sigma^2 = softplus(...)``).
+    """
+    positive = F.softplus(argument)
+    return positive.sqrt() if variance else positive
+
+
 class GatedTransition(nn.Module):
     """Parameterises the transition ``p(z_t | z_{t-1}) = N(loc, diag(scale^2))``.
 
@@ -73,8 +84,9 @@ class GatedTransition(nn.Module):
     Shapes: ``z_prev`` ``(..., z_dim)`` -> ``loc``, ``scale`` ``(..., z_dim)``.
     """
 
-    def __init__(self, z_dim: int, transition_dim: int) -> None:
+    def __init__(self, z_dim: int, transition_dim: int, variance: bool = False) -> None:
         super().__init__()
+        self.variance = variance  # softplus gives the variance, as the authors'
         self.gate_hidden = nn.Linear(z_dim, transition_dim)
         self.gate_out = nn.Linear(transition_dim, z_dim)
         self.proposal_hidden = nn.Linear(z_dim, transition_dim)
@@ -92,8 +104,8 @@ class GatedTransition(nn.Module):
             F.relu(self.proposal_hidden(z_prev))
         )  # (..., z_dim)
         loc = (1 - gate) * self.linear_loc(z_prev) + gate * proposal  # (..., z_dim)
-        scale = F.softplus(self.proposal_to_scale(F.relu(proposal)))  # (..., z_dim)
-        return loc, scale
+        scale = softplus_scale(self.proposal_to_scale(F.relu(proposal)), self.variance)
+        return loc, scale  # (..., z_dim) each
 
 
 class ForwardRNN(nn.Module):
@@ -285,9 +297,12 @@ class Combiner(nn.Module):
     broadcastable leading shapes) -> ``loc``, ``scale`` ``(..., z_dim)``.
     """
 
-    def __init__(self, z_dim: int, rnn_dim: int, num_summaries: int = 1) -> None:
+    def __init__(
+        self, z_dim: int, rnn_dim: int, num_summaries: int = 1, variance: bool = False
+    ) -> None:
         super().__init__()
         self.terms = num_summaries + 1  # averaged: the summaries and the z part
+        self.variance = variance  # softplus gives the variance, as the authors'
         self.z_to_hidden = nn.Linear(z_dim, rnn_dim)
         # rows: loc, then scale
         self.hidden_to_loc_scale = nn.Linear(rnn_dim, 2 * z_dim)
@@ -304,7 +319,7 @@ class Combiner(nn.Module):
         z_part = torch.tanh(self.z_to_hidden(z_prev)) / self.terms
         z_half = F.linear(z_part, self.hidden_to_loc_scale.weight)
         loc, scale_arg = (z_half + h_projected).chunk(2, dim=-1)  # (..., z_dim) each
-        return loc, F.softplus(scale_arg)
+        return loc, softplus_scale(scale_arg, self.variance)
 
     def forward(
         self, z_prev: torch.Tensor, h_rnn: torch.Tensor
@@ -328,9 +343,12 @@ class MeanField(nn.Module):
     side -> ``loc``, ``scale`` ``(..., z_dim)``.
     """
 
-    def __init__(self, z_dim: int, rnn_dim: int, num_summaries: int = 1) -> None:
+    def __init__(
+        self, z_dim: int, rnn_dim: int, num_summaries: int = 1, variance: bool = False
+    ) -> None:
         super().__init__()
         self.rnn_dim = rnn_dim
+        self.variance = variance  # softplus gives the variance, as the authors'
         self.hidden_to_loc_scale = nn.ModuleList(
             nn.Linear(rnn_dim, 2 * z_dim) for _ in range(num_summaries)
         )
@@ -339,9 +357,10 @@ class MeanField(nn.Module):
         precision, weighted_loc = 0, 0
         for layer, h_i in zip(self.hidden_to_loc_scale, h.split(self.rnn_dim, -1)):
             loc_i, scale_arg = layer(h_i).chunk(2, dim=-1)  # (..., z_dim) each
+            scale_i = softplus_scale(scale_arg, self.variance)
             if len(self.hidden_to_loc_scale) == 1:
-                return loc_i, F.softplus(scale_arg)
-            precision_i = F.softplus(scale_arg).pow(-2)
+                return loc_i, scale_i
+            precision_i = scale_i.pow(-2)
             precision = precision + precision_i
             weighted_loc = weighted_loc + precision_i * loc_i
         return weighted_loc / precision, precision.rsqrt()

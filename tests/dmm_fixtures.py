@@ -57,10 +57,16 @@ def random_batch(
     return make_batch(rolls)
 
 
-def small_dmm(num_iafs: int = 0, seed: int = 0, guide: str = "st-r") -> DMM:
-    """A tiny float64 DMM whose learned starts are away from zero, so they matter."""
+def small_dmm(
+    num_iafs: int = 0, seed: int = 0, guide: str = "st-r", **options: str
+) -> DMM:
+    """A tiny float64 DMM whose learned starts are away from zero, so they matter.
+
+    ``options``: other :class:`DMMConfig` choices, e.g. ``scale="variance"``.
+    """
     torch.manual_seed(seed)
-    config = DMMConfig(**{**SMALL.to_dict(), "num_iafs": num_iafs, "guide": guide})
+    values = {**SMALL.to_dict(), "num_iafs": num_iafs, "guide": guide, **options}
+    config = DMMConfig(**values)
     dmm = DMM(config).double()
     with torch.no_grad():
         for name, start in dmm.named_parameters():

@@ -53,6 +53,9 @@ def test_config_defaults_are_pyros_example_sizes() -> None:
         "num_iafs": 0,
         "iaf_dim": 100,
         "guide": "st-r",
+        "scale": "std",
+        "z1_prior": "learned",
+        "guide_start": "learned",
     }
 
 
@@ -502,3 +505,32 @@ def test_dmm_moves_with_to() -> None:
     assert isinstance(dmm.rnn.input_to_hidden, nn.ModuleList)
     trace = poutine.trace(dmm.guide).get_trace(random_batch([3], dtype=torch.float32))
     assert trace.nodes["z_1"]["value"].dtype == torch.float32
+
+
+def test_the_authors_starts_are_fixed_and_their_prior_standard() -> None:
+    dmm = small_dmm(z1_prior="standard", guide_start="zero")
+    names = {name for name, _ in dmm.named_parameters()}
+    assert "z_0" not in names and "z_q_0" not in names  # buffers, never trained
+    assert torch.equal(dmm.z_q_0, torch.zeros(3, dtype=torch.float64))
+    batch = random_batch([4, 2, 3])
+    trace = poutine.trace(dmm.model).get_trace(batch)
+    first = trace.nodes["z_1"]["fn"].base_dist.base_dist  # p(z_1), unmasked
+    assert torch.equal(first.loc, torch.zeros_like(first.loc))
+    assert torch.equal(first.scale, torch.ones_like(first.scale))
+    second = trace.nodes["z_2"]["fn"].base_dist.base_dist  # the transition
+    loc, scale = dmm.transition(trace.nodes["z_1"]["value"])
+    assert torch.allclose(second.loc, loc) and torch.allclose(second.scale, scale)
+    # Sampling starts the same way: at temperature 0, z_1 is the prior's mean.
+    sample = dmm.sample_forward(dmm.z_0.expand(2, -1), 3, 0.0, start=True)
+    assert torch.equal(sample.z[:, 0], torch.zeros(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("guide", ["st-r", "mf-l"])
+def test_softplus_gives_the_variance_when_asked(guide: str) -> None:
+    std, variance = (small_dmm(guide=guide, scale=s) for s in ("std", "variance"))
+    z = torch.randn(5, 3, dtype=torch.float64)
+    (_, scale_std), (_, scale_var) = std.transition(z), variance.transition(z)
+    assert torch.allclose(scale_var.square(), scale_std)  # same weights, same seed
+    h = std.encode(random_batch([4]))[0]
+    (_, q_std), (_, q_var) = std.guide_step(z[:4], h), variance.guide_step(z[:4], h)
+    assert torch.allclose(q_var.square(), q_std)

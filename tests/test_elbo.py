@@ -131,6 +131,33 @@ def test_fast_elbo_equals_pyros_on_the_same_draws(
         assert not torch.allclose(changed, expected, rtol=1e-6, atol=0.0)
 
 
+AUTHORS_CHOICES = {"scale": "variance", "z1_prior": "standard", "guide_start": "zero"}
+
+
+@pytest.mark.parametrize("guide", ["st-r", "mf-lr"])
+@pytest.mark.parametrize(
+    "options",
+    [AUTHORS_CHOICES, {"scale": "variance"}, {"z1_prior": "standard"}],
+    ids=["authors", "variance", "standard-prior"],
+)
+@pytest.mark.parametrize(
+    ("objective", "kl"),
+    [(TraceMeanField_ELBO, "analytic"), (Trace_ELBO, "sampled")],
+    ids=["TraceMeanField_ELBO", "Trace_ELBO"],
+)
+def test_the_authors_choices_keep_the_fast_elbo_equal_to_pyros(
+    guide: str, options: dict, objective: type, kl: str
+) -> None:
+    dmm = small_dmm(guide=guide, **options)
+    batch = random_batch([4, 2, 3, 1])
+    expected, noise = pyro_elbo(dmm, batch, 0.6, objective)
+    value = elbo(dmm, batch, 0.6, kl_estimator=kl, noise=noise)
+    assert close(value, expected), (value, expected)
+    fast_grads, pyro_grads = gradients(dmm, value), gradients(dmm, expected)
+    for name, grad in fast_grads.items():
+        assert torch.allclose(grad, pyro_grads[name], rtol=1e-7, atol=1e-10), name
+
+
 @pytest.mark.parametrize("guide", ["st-r", "mf-lr"])
 @pytest.mark.parametrize("num_iafs", [1, 2])
 @pytest.mark.parametrize("kl", ["analytic", "sampled"])
