@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from pyro import poutine
 from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN
@@ -40,6 +41,7 @@ from dmm_helpers.modules import (
     ForwardRNN,
     GatedTransition,
     LinearGaussian,
+    LSTMReader,
     MeanField,
 )
 
@@ -60,13 +62,17 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "scale": ("std", "variance"),
     "z1_prior": ("learned", "standard"),
     "guide_start": ("learned", "zero"),
+    "rnn_type": ("relu", "lstm"),
+    "init": ("pytorch", "uniform"),
 }
 """The :class:`DMMConfig` fields that take one of a few names, and those names.
 
-``scale``, ``z1_prior`` and ``guide_start`` choose between Pyro's example (the
-first name, this book's default) and the authors' code: softplus giving
-the variance, ``p(z_1) = N(0, I)`` and a guide that starts from
-``z_0^q = 0`` (``stinfmodel/dkf.py``; the paper states all three).
+``scale``, ``z1_prior``, ``guide_start``, ``rnn_type`` and ``init`` choose
+between Pyro's example (the first name, this book's default) and the
+authors' code: softplus giving the variance, ``p(z_1) = N(0, I)``, a guide
+that starts from ``z_0^q = 0`` (``stinfmodel/dkf.py``; the paper states these
+three), an LSTM after a ReLU input layer (:class:`LSTMReader`), and weights
+drawn uniformly from (-0.1, 0.1) (``parse_args_dkf.py``'s ``-ischeme``).
 """
 
 
@@ -110,6 +116,9 @@ class DMMConfig:
     scale: str = "std"  # softplus gives the "std" (Pyro's) or the "variance"
     z1_prior: str = "learned"  # p(z_1): transition of a "learned" z_0, or "standard"
     guide_start: str = "learned"  # a structured guide's z_0^q: "learned" or "zero"
+    rnn_type: str = "relu"  # the guide's reader: "relu" RNN, or the authors' "lstm"
+    rnn_output_dropout: float = 0.0  # dropout on the readers' h_t while training
+    init: str = "pytorch"  # initial weights: "pytorch", or "uniform" on (-0.1, 0.1)
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -121,17 +130,22 @@ class DMMConfig:
             value = getattr(self, field.name)
             if field.name in CHOICES:
                 continue
-            if field.name == "rnn_dropout":
+            if field.name in ("rnn_dropout", "rnn_output_dropout"):
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise TypeError(f"rnn_dropout must be a number, got {value!r}")
+                    raise TypeError(f"{field.name} must be a number, got {value!r}")
                 if not 0.0 <= value < 1.0:
-                    raise ValueError(f"rnn_dropout must lie in [0, 1), got {value}")
+                    raise ValueError(f"{field.name} must lie in [0, 1), got {value}")
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{field.name} must be an int, got {value!r}")
             smallest = 0 if field.name == "num_iafs" else 1
             if value < smallest:
                 raise ValueError(f"{field.name} must be >= {smallest}, got {value}")
+        if self.rnn_type == "lstm" and self.rnn_layers != 1:
+            raise ValueError(
+                f"the LSTM reader has one layer (the authors'); got rnn_layers="
+                f"{self.rnn_layers}"
+            )
         if self.rnn_dropout > 0 and self.rnn_layers == 1:
             raise ValueError(
                 "rnn_dropout acts between stacked RNN layers, so it needs "
@@ -185,11 +199,17 @@ class DMM(nn.Module):
                 config.z_dim, config.rnn_dim, summaries, variance
             )
         rnn_args = (config.input_dim, config.rnn_dim)
-        rnn_args += (config.rnn_layers, config.rnn_dropout)
-        if "r" in reads:
-            self.rnn = BackwardRNN(*rnn_args)
-        if "l" in reads:
-            self.rnn_forward = ForwardRNN(*rnn_args)
+        if config.rnn_type == "lstm":
+            if "r" in reads:
+                self.rnn = LSTMReader(*rnn_args, backward=True)
+            if "l" in reads:
+                self.rnn_forward = LSTMReader(*rnn_args, backward=False)
+        else:
+            rnn_args += (config.rnn_layers, config.rnn_dropout)
+            if "r" in reads:
+                self.rnn = BackwardRNN(*rnn_args)
+            if "l" in reads:
+                self.rnn_forward = ForwardRNN(*rnn_args)
         self.iaf_nets = nn.ModuleList(
             AutoRegressiveNN(config.z_dim, [config.iaf_dim])
             for _ in range(config.num_iafs)
@@ -205,6 +225,21 @@ class DMM(nn.Module):
             self.z_q_0 = nn.Parameter(zeros.clone())
         elif self.structured:
             self.register_buffer("z_q_0", zeros.clone())
+        if config.init == "uniform":
+            self._initialise_uniformly()
+
+    def _initialise_uniformly(self) -> None:
+        """Every weight and bias from uniform(-0.1, 0.1), as the authors' code.
+
+        Their exceptions are kept where this model has them: the transition's
+        linear map starts as the identity, and the learned starts as zeros.
+        """
+        keep = {"z_0", "z_q_0"}
+        keep |= {f"transition.linear_loc.{name}" for name in ("weight", "bias")}
+        with torch.no_grad():
+            for name, parameter in self.named_parameters():
+                if name not in keep and not name.endswith("h_0"):
+                    parameter.uniform_(-0.1, 0.1)
 
     def check_batch(self, batch: Batch) -> None:
         """Raise a clear error unless ``batch`` is a batch this model can score."""
@@ -284,7 +319,8 @@ class DMM(nn.Module):
             parts.append(self.rnn_forward(batch.x, batch.lengths))
         if hasattr(self, "rnn"):
             parts.append(self.rnn(batch.x_reversed, batch.lengths))
-        data = [part.data for part in parts]  # (N, rnn_dim) each
+        p = self.config.rnn_output_dropout  # the authors' dropout on h_t
+        data = [F.dropout(part.data, p, self.training) for part in parts]
         if self.structured:
             return parts[0]._replace(data=sum(data[1:], data[0]))
         return parts[0]._replace(data=torch.cat(data, dim=-1))

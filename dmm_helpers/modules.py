@@ -199,6 +199,42 @@ class BackwardRNN(ForwardRNN):
         return h._replace(data=h.data[_unreversed_rows(h, lengths)])
 
 
+class LSTMReader(nn.Module):
+    """The authors' reader of the music: a ReLU input layer, then an LSTM.
+
+    ``h_t = LSTM(relu(W x_t + b))`` over the steps of each sequence, from the
+    fixed state ``h = 0``, ``c = 1`` of the authors' code (``stinfmodel/dkf.py``
+    and theanomodels' ``_LSTMlayer``), forwards in time or, with
+    ``backward``, from the last step to the first (run over ``x_reversed``,
+    the outputs put back in forward time order, as :class:`BackwardRNN`
+    does). PyTorch's ``nn.LSTM`` computes it, over a packed batch; its
+    weights start with PyTorch's initialisation, not the authors' orthogonal
+    blocks. Same interface as :class:`ForwardRNN` and :class:`BackwardRNN`.
+    """
+
+    def __init__(self, input_dim: int, rnn_dim: int, backward: bool) -> None:
+        super().__init__()
+        self.backward_in_time = backward
+        self.input_layer = nn.Linear(input_dim, rnn_dim)
+        self.lstm = nn.LSTM(rnn_dim, rnn_dim, batch_first=True)
+
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor
+    ) -> nn.utils.rnn.PackedSequence:
+        packed = nn.utils.rnn.pack_padded_sequence(
+            F.relu(self.input_layer(x)),
+            lengths.cpu(),
+            batch_first=True,
+            enforce_sorted=False,
+        )  # real steps only, time-major, longest sequences first
+        state_shape = (1, len(lengths), self.lstm.hidden_size)
+        start = (x.new_zeros(state_shape), x.new_ones(state_shape))  # h = 0, c = 1
+        h, _ = self.lstm(packed, start)
+        if self.backward_in_time:
+            return h._replace(data=h.data[_unreversed_rows(h, lengths)])
+        return h
+
+
 class _ReluRecurrence(torch.autograd.Function):
     """``h_t = relu(p_t + W h_{t-1})`` over packed steps, backpropagated by hand.
 

@@ -56,6 +56,9 @@ def test_config_defaults_are_pyros_example_sizes() -> None:
         "scale": "std",
         "z1_prior": "learned",
         "guide_start": "learned",
+        "rnn_type": "relu",
+        "rnn_output_dropout": 0.0,
+        "init": "pytorch",
     }
 
 
@@ -534,3 +537,74 @@ def test_softplus_gives_the_variance_when_asked(guide: str) -> None:
     h = std.encode(random_batch([4]))[0]
     (_, q_std), (_, q_var) = std.guide_step(z[:4], h), variance.guide_step(z[:4], h)
     assert torch.allclose(q_var.square(), q_std)
+
+
+@pytest.mark.parametrize(
+    ("guide", "sees_past", "sees_future"),
+    [("st-r", False, True), ("st-l", True, False), ("mf-lr", True, True)],
+)
+def test_the_lstm_reader_reads_the_steps_its_guide_says(
+    guide: str, sees_past: bool, sees_future: bool
+) -> None:
+    dmm = small_dmm(guide=guide, rnn_type="lstm").eval()
+    x = random_batch([6]).x[0]
+    h = dmm.encode(make_batch([x]))[0]
+    changed = x.clone()
+    changed[3] = 1 - changed[3]
+    h_changed = dmm.encode(make_batch([changed]))[0]
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+    assert not same(h_changed[3], h[3])
+    assert same(h_changed[4:], h[4:]) != sees_past
+    assert same(h_changed[:3], h[:3]) != sees_future
+    # A padded batch reads each sequence as it reads it alone.
+    batch = random_batch([5, 2, 4])
+    padded = dmm.encode(batch)
+    for b, length in enumerate(batch.lengths.tolist()):
+        alone = dmm.encode(make_batch([batch.x[b, :length]]))[0]
+        assert torch.allclose(padded[b, :length], alone, rtol=1e-10, atol=1e-12)
+
+
+def test_the_lstm_starts_from_the_authors_state_and_reads_through_a_relu_layer():
+    dmm = small_dmm(rnn_type="lstm").eval()
+    reader = dmm.rnn
+    x = random_batch([1]).x  # one step: h_1 = LSTM(relu(W x + b), h = 0, c = 1)
+    with torch.no_grad():
+        inputs = torch.relu(reader.input_layer(x))
+        zeros = torch.zeros(1, 1, reader.lstm.hidden_size, dtype=x.dtype)
+        expected, _ = reader.lstm(inputs, (zeros, torch.ones_like(zeros)))
+        assert torch.allclose(dmm.encode(make_batch([x[0]])), expected)
+
+
+def test_dropout_on_the_readers_outputs_acts_only_while_training() -> None:
+    dmm = small_dmm(rnn_output_dropout=0.5)
+    batch = random_batch([6, 3])
+    with torch.no_grad():
+        dmm.eval()
+        first, second = dmm.encode(batch), dmm.encode(batch)
+        assert torch.equal(first, second)
+        dmm.train()
+        dropped = dmm.encode(batch)
+    real = batch.mask.bool()
+    active = first[real] != 0  # the ReLU RNN's zeros stay zero either way
+    zeroed = (dropped[real] == 0) & active
+    assert 0.3 < zeroed.sum() / active.sum() < 0.7  # about half, the rest doubled
+    kept = ~zeroed & active
+    assert torch.allclose(dropped[real][kept], 2 * first[real][kept])
+
+
+def test_uniform_initialisation_keeps_the_identity_of_the_transition() -> None:
+    dmm = small_dmm(init="uniform", rnn_type="lstm")
+    for name, parameter in dmm.named_parameters():
+        if name.startswith("transition.linear_loc"):
+            continue
+        if name in ("z_0", "z_q_0"):
+            continue
+        assert float(parameter.detach().abs().max()) <= 0.1, name
+    assert torch.equal(
+        dmm.transition.linear_loc.weight, torch.eye(3, dtype=torch.float64)
+    )
+    with pytest.raises(ValueError, match="one layer"):
+        DMMConfig(rnn_type="lstm", rnn_layers=2)

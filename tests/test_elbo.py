@@ -131,14 +131,25 @@ def test_fast_elbo_equals_pyros_on_the_same_draws(
         assert not torch.allclose(changed, expected, rtol=1e-6, atol=0.0)
 
 
-AUTHORS_CHOICES = {"scale": "variance", "z1_prior": "standard", "guide_start": "zero"}
+AUTHORS_CHOICES = {
+    "scale": "variance",
+    "z1_prior": "standard",
+    "guide_start": "zero",
+    "rnn_type": "lstm",
+    "init": "uniform",
+}
 
 
 @pytest.mark.parametrize("guide", ["st-r", "mf-lr"])
 @pytest.mark.parametrize(
     "options",
-    [AUTHORS_CHOICES, {"scale": "variance"}, {"z1_prior": "standard"}],
-    ids=["authors", "variance", "standard-prior"],
+    [
+        AUTHORS_CHOICES,
+        {"scale": "variance"},
+        {"z1_prior": "standard"},
+        {"rnn_type": "lstm"},
+    ],
+    ids=["authors", "variance", "standard-prior", "lstm"],
 )
 @pytest.mark.parametrize(
     ("objective", "kl"),
