@@ -1331,3 +1331,58 @@ def test_every_guide_trains_and_evaluates_from_the_command_line(
     assert printed["nll_per_step"] <= printed["bound_per_step"] + 1e-9
     # The model it loads is that guide's.
     assert load_model(out / "best.pt").config.guide == guide
+
+
+def test_the_authors_update_is_adam_on_the_averaged_clipped_gradient(config):
+    # One step of --optimizer adam against an independent computation: the L2
+    # gradient added to the summed loss's, divided by the sequences, the global
+    # norm rescaled to clip_norm, then torch's Adam at the decayed rate.
+    config = dataclasses.replace(
+        config, optimizer="adam", clip_norm=0.5, weight_decay=0.3, lr_decay=0.9
+    )
+    trainer = Trainer(config)
+    reference = copy.deepcopy(trainer.model)
+    batch = next(iter(train.minibatches(trainer.train_set, config.batch_size, seed=0)))
+    torch.manual_seed(11)
+    assert trainer.train_step(batch, 0.5) is not None
+    torch.manual_seed(11)  # the same draws of the guide
+    loss = -train.elbo(reference, batch, 0.5, config.kl_estimator)
+    loss.backward()
+    grads = {
+        name: (p.grad + config.weight_decay * p.detach()) / len(batch.lengths)
+        for name, p in reference.named_parameters()
+        if p.grad is not None
+    }
+    norm = torch.sqrt(sum(g.square().sum() for g in grads.values()))
+    assert norm > config.clip_norm  # the clip acts in this test
+    adam = torch.optim.Adam(
+        [p for n, p in reference.named_parameters() if n in grads],
+        lr=config.learning_rate * config.lr_decay,
+        betas=(config.beta1, config.beta2),
+    )
+    for name, parameter in reference.named_parameters():
+        if name in grads:
+            parameter.grad = grads[name] * min(1.0, config.clip_norm / float(norm))
+    adam.step()
+    for (name, got), expected in zip(
+        trainer.model.named_parameters(), reference.parameters()
+    ):
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), name
+    trainer.close()
+
+
+def test_the_authors_preset_trains_and_resumes_exactly(tiny_data, tmp_path):
+    # krishnan2017 with small sizes: two epochs straight, or one and a resume.
+    small = ["--z-dim", "4", "--emission-dim", "8", "--transition-dim", "8"]
+    small += ["--rnn-dim", "16", "--batch-size", "2", "--eval-every", "1"]
+    base = ["--preset", "krishnan2017", "--data", str(tiny_data), *small]
+    base += ["--device", "cpu", "--no-progress"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train.main([*base, "--out", str(straight), "--epochs", "2"])
+    train.main([*base, "--out", str(split), "--epochs", "1"])
+    train.main([*base, "--out", str(split), "--epochs", "2", "--resume"])
+    ends = [load_checkpoint(out / "checkpoint.pt") for out in (straight, split)]
+    assert ends[0]["model_config"]["rnn_type"] == "lstm"
+    assert_state_dicts_equal(ends[0]["model"], ends[1]["model"])
+    command = (straight / "command.txt").read_text()
+    assert "--optimizer adam" in command and "--scale variance" in command
