@@ -44,6 +44,7 @@ from dmm_helpers.modules import (
     LSTMReader,
     MeanField,
 )
+from dmm_helpers.nade import NADEEmitter
 
 GUIDES = ("st-r", "st-l", "st-lr", "mf-l", "mf-lr")
 """The inference networks of Krishnan et al. (2017, table 1), by their names there.
@@ -64,6 +65,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "guide_start": ("learned", "zero"),
     "rnn_type": ("relu", "lstm"),
     "init": ("pytorch", "uniform"),
+    "emitter": ("bernoulli", "nade"),
 }
 """The :class:`DMMConfig` fields that take one of a few names, and those names.
 
@@ -119,6 +121,7 @@ class DMMConfig:
     rnn_type: str = "relu"  # the guide's reader: "relu" RNN, or the authors' "lstm"
     rnn_output_dropout: float = 0.0  # dropout on the readers' h_t while training
     init: str = "pytorch"  # initial weights: "pytorch", or "uniform" on (-0.1, 0.1)
+    emitter: str = "bernoulli"  # independent notes, or "nade" (one after another)
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -185,7 +188,11 @@ class DMM(nn.Module):
             raise TypeError(f"config must be a DMMConfig, got {type(config).__name__}")
         self.config = config
         variance = config.scale == "variance"
-        self.emitter = Emitter(config.input_dim, config.z_dim, config.emission_dim)
+        emitter_sizes = (config.input_dim, config.z_dim, config.emission_dim)
+        if config.emitter == "nade":  # the NADE's hidden layer: emission_dim units
+            self.emitter = NADEEmitter(*emitter_sizes, config.emission_dim)
+        else:
+            self.emitter = Emitter(*emitter_sizes)
         self.transition = GatedTransition(config.z_dim, config.transition_dim, variance)
         # The guide (GUIDES): a structured combiner or a mean-field layer, fed by
         # a backward RNN (the future), a forward RNN (the past) or both.
@@ -364,8 +371,25 @@ class DMM(nn.Module):
         return self.transition(z_prev)
 
     def emission_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
-        """``p(x_t | z_t)`` for ``z`` ``(..., z_dim)``, with batch shape ``(...)``."""
+        """``p(x_t | z_t)`` for ``z`` ``(..., z_dim)``, with batch shape ``(...)``.
+
+        88 independent Bernoulli notes, or with ``emitter="nade"`` a
+        :class:`~dmm_helpers.nade.NADEBernoulli` that draws them in turn.
+        """
+        if self.config.emitter == "nade":
+            return self.emitter.distribution(z)
         return dist.Bernoulli(logits=self.emitter(z)).to_event(1)
+
+    def note_probabilities(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``p(x_{t,k} = 1 | z_t, x_{t,<k})`` of every note, at the notes ``x``.
+
+        For independent notes the notes below ``k`` do not matter; for a NADE
+        these are its conditionals along ``x``. Shapes ``(..., z_dim)`` and
+        ``(..., input_dim)`` -> ``(..., input_dim)``.
+        """
+        if self.config.emitter == "nade":
+            return torch.sigmoid(self.emission_dist(z).conditional_logits(x))
+        return torch.sigmoid(self.emitter(z)).expand_as(x)
 
     def model(self, batch: Batch, annealing_factor: float = 1.0) -> None:
         """The generative model ``p(x_{1:T}, z_{1:T})``, conditioned on ``batch.x``."""
@@ -442,6 +466,8 @@ class DMM(nn.Module):
         positive. ``probs`` are those probabilities. Shapes: ``(..., z_dim)``
         -> ``(..., input_dim)`` each.
         """
+        if self.config.emitter == "nade":  # note by note
+            return self.emission_dist(z_t).sample_tempered(temperature, generator)
         logits = self.emitter(z_t)  # (..., input_dim)
         if temperature > 0:
             probs = torch.sigmoid(logits / temperature)

@@ -45,6 +45,7 @@ from dmm_helpers.data import Batch
 from dmm_helpers.dmm import DMM, Generated
 from dmm_helpers.elbo import elbo_terms
 from dmm_helpers.music import as_roll
+from dmm_helpers.nade import NADEBernoulli
 
 
 def _check_model(model: Any) -> None:
@@ -54,11 +55,11 @@ def _check_model(model: Any) -> None:
         )
     with torch.no_grad():
         probe = model.emission_dist(model.z_0[None])
-    if not isinstance(getattr(probe, "base_dist", probe), dist.Bernoulli):
+    emission = getattr(probe, "base_dist", probe)
+    if not isinstance(emission, (dist.Bernoulli, NADEBernoulli)):
         raise TypeError(
-            "generating piano rolls needs Bernoulli emissions p(x_t | z_t); "
-            "this model's "
-            f"are {type(getattr(probe, 'base_dist', probe)).__name__}"
+            "generating piano rolls needs binary emissions p(x_t | z_t) "
+            f"(Bernoulli or NADE); this model's are {type(emission).__name__}"
         )
 
 
@@ -198,7 +199,7 @@ def continue_sequence(
             device=x.device,
         )
         z_given = elbo_terms(model, batch, noise=noise).z  # (S, P, z_dim) ~ q
-        probs_given = model.emission_dist(z_given).mean  # (S, P, input_dim)
+        probs_given = model.note_probabilities(z_given, x)  # (S, P, input_dim)
         future = model.sample_forward(z_given[:, -1], num_steps, temperature, generator)
     x_given = prefix_x.expand(num_samples, -1, -1)  # (S, P, input_dim)
     return Generated(

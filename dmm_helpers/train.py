@@ -325,6 +325,12 @@ class TrainConfig:
         "model",
         "Initial weights: PyTorch's, or uniform on (-0.1, 0.1) (the authors').",
     )
+    emitter: str = setting(
+        "bernoulli",
+        "model",
+        "p(x_t | z_t): bernoulli, the 88 notes independent given z_t (the paper's "
+        "DMM), or nade, drawn one after another (the paper's DMM with NADE).",
+    )
 
     def command(self) -> str:
         """The command line that trains with these settings.

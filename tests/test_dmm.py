@@ -59,6 +59,7 @@ def test_config_defaults_are_pyros_example_sizes() -> None:
         "rnn_type": "relu",
         "rnn_output_dropout": 0.0,
         "init": "pytorch",
+        "emitter": "bernoulli",
     }
 
 

@@ -177,9 +177,9 @@ def test_models_that_cannot_make_piano_rolls_are_refused():
     gaussian = LinearGaussianDMM(
         torch.eye(2), torch.ones(3, 2), torch.ones(2), torch.ones(3), torch.zeros(2)
     )
-    with pytest.raises(TypeError, match="needs Bernoulli emissions .* are Normal"):
+    with pytest.raises(TypeError, match="needs binary emissions .* are Normal"):
         sample_prior(gaussian, 1, 1)
-    with pytest.raises(TypeError, match="needs Bernoulli emissions"):
+    with pytest.raises(TypeError, match="needs binary emissions"):
         continue_sequence(gaussian, torch.zeros(2, 3), 1)
 
 
@@ -367,3 +367,23 @@ def test_every_guide_continues_a_chorale_from_its_own_reading(guide):
     with torch.no_grad():  # the prefix's states are the guide's, read by elbo_terms
         guide_z = elbo_terms(model, make_batch([prefix] * 2), noise=noise).z
     assert torch.allclose(result.z[:, :7], guide_z, rtol=1e-10, atol=1e-12)
+
+
+def test_a_nade_model_samples_and_continues_chorales():
+    torch.manual_seed(0)
+    model = DMM(dataclasses.replace(TINY, emitter="nade")).double().eval()
+    with torch.no_grad():  # as _model does: some notes likely
+        model.emitter.hidden_to_biases.bias[:88].uniform_(-3.0, 1.0)
+    sample = sample_prior(model, 3, 6, seed=2)
+    assert sample.x.shape == (3, 6, 88) and _is_binary(sample.x)
+    again = sample_prior(model, 3, 6, seed=2)
+    assert torch.equal(sample.x, again.x)  # a seed fixes the note-by-note draws
+    # probs are the conditionals at the drawn notes: what the model expected.
+    with torch.no_grad():
+        expected = model.note_probabilities(sample.z, sample.x)
+    assert torch.allclose(sample.probs, expected)
+    prefix = _prefix(5).double()
+    result = continue_sequence(model, prefix, 4, seed=3, num_samples=2)
+    assert torch.equal(result.x[:, :5], prefix.expand(2, -1, -1))
+    cold = sample_prior(model, 2, 4, seed=0, temperature=0.0)
+    assert torch.equal(cold.x, cold.probs)

@@ -1386,3 +1386,21 @@ def test_the_authors_preset_trains_and_resumes_exactly(tiny_data, tmp_path):
     assert_state_dicts_equal(ends[0]["model"], ends[1]["model"])
     command = (straight / "command.txt").read_text()
     assert "--optimizer adam" in command and "--scale variance" in command
+
+
+def test_a_nade_emitter_trains_and_evaluates_from_the_command_line(
+    tiny_data, tmp_path, capsys
+):
+    out = tmp_path / "nade"
+    train.main(
+        ["--data", str(tiny_data), "--out", str(out), "--epochs", "1"]
+        + ["--emitter", "nade", *flags({**TINY, "eval_every": 1})]
+    )
+    assert load_model(out / "best.pt").config.emitter == "nade"
+    capsys.readouterr()
+    evaluate_main(
+        ["--checkpoint", str(out / "best.pt"), "--data", str(tiny_data)]
+        + ["--samples", "3", "--device", "cpu", "--no-progress"]
+    )
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["nll_per_step"] <= printed["bound_per_step"] + 1e-9
