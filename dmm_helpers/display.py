@@ -30,6 +30,22 @@ def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> Mark
     return Markdown("\n".join(lines))
 
 
+def wrap_command(command: str, width: int = 88) -> str:
+    """A shell command in lines of at most ``width`` characters, continued by ``\\``.
+
+    Breaks only at spaces (never inside a flag or a path), indents the
+    continuation lines by four spaces; the shell reads it as the one line.
+    """
+    lines = textwrap.wrap(
+        command,
+        width - 2,  # room for " \\"
+        subsequent_indent="    ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return " \\\n".join(lines)
+
+
 def add_to_class(cls: type) -> Callable[[_Function], _Function]:
     """Decorator that makes a function a method of ``cls`` (d2l's ``add_to_class``).
 
