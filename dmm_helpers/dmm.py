@@ -47,7 +47,7 @@ from dmm_helpers.modules import (
 from dmm_helpers.nade import NADEEmitter
 
 GUIDES = ("st-r", "st-l", "st-lr", "mf-l", "mf-lr")
-"""The inference networks of Krishnan et al. (2017, table 2), by their names there.
+"""The inference networks Krishnan et al. (2017) name; their table 2 compares four.
 
 ``st`` (structured): ``q(z_t | z_{t-1}, h_t)``, a :class:`Combiner`;
 ``mf`` (mean field): ``q(z_t | h_t)``, a :class:`MeanField`. The letters
