@@ -78,6 +78,15 @@ drawn uniformly from (-0.1, 0.1) (``parse_args_dkf.py``'s ``-ischeme``).
 """
 
 
+def notes_before(x: torch.Tensor) -> torch.Tensor:
+    """Each step's previous notes ``x_{t-1}``, with ``x_0 = 0``: augmented input.
+
+    Shapes: ``x`` ``(..., time, input_dim)`` -> the same, shifted one step
+    later in time (the last step's notes are read by no step).
+    """
+    return torch.cat([torch.zeros_like(x[..., :1, :]), x[..., :-1, :]], dim=-2)
+
+
 class Generated(NamedTuple):
     """Sampled sequences and the latent path that produced them.
 
@@ -122,6 +131,7 @@ class DMMConfig:
     rnn_output_dropout: float = 0.0  # dropout on the readers' h_t while training
     init: str = "pytorch"  # initial weights: "pytorch", or "uniform" on (-0.1, 0.1)
     emitter: str = "bernoulli"  # independent notes, or "nade" (one after another)
+    augmented: bool = False  # transition and emitter also read x_{t-1} (chapter 09)
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -132,6 +142,10 @@ class DMMConfig:
         for field in fields(self):
             value = getattr(self, field.name)
             if field.name in CHOICES:
+                continue
+            if field.name == "augmented":
+                if not isinstance(value, bool):
+                    raise TypeError(f"augmented must be True or False, got {value!r}")
                 continue
             if field.name in ("rnn_dropout", "rnn_output_dropout"):
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -188,12 +202,16 @@ class DMM(nn.Module):
             raise TypeError(f"config must be a DMMConfig, got {type(config).__name__}")
         self.config = config
         variance = config.scale == "variance"
+        # An augmented DMM's emitter and transition also read x_{t-1} (chapter 09).
+        context = config.input_dim if config.augmented else 0
         emitter_sizes = (config.input_dim, config.z_dim, config.emission_dim)
         if config.emitter == "nade":  # the NADE's hidden layer: emission_dim units
-            self.emitter = NADEEmitter(*emitter_sizes, config.emission_dim)
+            self.emitter = NADEEmitter(*emitter_sizes, config.emission_dim, context)
         else:
-            self.emitter = Emitter(*emitter_sizes)
-        self.transition = GatedTransition(config.z_dim, config.transition_dim, variance)
+            self.emitter = Emitter(*emitter_sizes, context)
+        self.transition = GatedTransition(
+            config.z_dim, config.transition_dim, variance, context
+        )
         # The guide (GUIDES): a structured combiner or a mean-field layer, fed by
         # a backward RNN (the future), a forward RNN (the past) or both.
         kind, reads = config.guide.split("-")
@@ -357,39 +375,65 @@ class DMM(nn.Module):
             return self.combiner(z_prev, h_t)
         return self.mean_field(h_t)
 
+    def context(self, x_prev: torch.Tensor | None) -> torch.Tensor | None:
+        """What the emitter and the transition read beside the latent state.
+
+        ``None`` for the paper's DMM, whose networks read ``z`` alone; the
+        previous step's notes ``x_{t-1}`` ``(..., input_dim)`` for an
+        augmented DMM (``augmented=True``, chapter 09), which needs them.
+        """
+        if not self.config.augmented:
+            return None
+        if x_prev is None:
+            raise ValueError(
+                "this DMM is augmented: its transition and emitter read the "
+                "previous notes, so pass x_prev (zeros before the first step)"
+            )
+        return x_prev
+
     def prior(
-        self, z_prev: torch.Tensor, first: bool = False
+        self,
+        z_prev: torch.Tensor,
+        first: bool = False,
+        x_prev: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``loc``, ``scale`` of ``p(z_t | z_{t-1})``; of ``p(z_1)`` when ``first``.
 
-        The gated transition of ``z_prev`` ``(..., z_dim)``, except for the
-        first step of a model whose ``z1_prior`` is ``"standard"``: then
-        ``p(z_1) = N(0, I)`` (``z_prev`` is ``z_0`` there and only gives shapes).
+        The gated transition of ``z_prev`` ``(..., z_dim)`` (and, augmented,
+        of ``x_prev``: :meth:`context`), except for the first step of a model
+        whose ``z1_prior`` is ``"standard"``: then ``p(z_1) = N(0, I)``
+        (``z_prev`` is ``z_0`` there and only gives shapes).
         """
         if first and self.config.z1_prior == "standard":
             return torch.zeros_like(z_prev), torch.ones_like(z_prev)
-        return self.transition(z_prev)
+        return self.transition(z_prev, self.context(x_prev))
 
-    def emission_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
+    def emission_dist(
+        self, z: torch.Tensor, x_prev: torch.Tensor | None = None
+    ) -> dist.TorchDistribution:
         """``p(x_t | z_t)`` for ``z`` ``(..., z_dim)``, with batch shape ``(...)``.
 
         88 independent Bernoulli notes, or with ``emitter="nade"`` a
-        :class:`~dmm_helpers.nade.NADEBernoulli` that draws them in turn.
+        :class:`~dmm_helpers.nade.NADEBernoulli` that draws them in turn. An
+        augmented DMM's also depends on ``x_prev``, ``x_{t-1}`` (:meth:`context`).
         """
         if self.config.emitter == "nade":
-            return self.emitter.distribution(z)
-        return dist.Bernoulli(logits=self.emitter(z)).to_event(1)
+            return self.emitter.distribution(z, self.context(x_prev))
+        return dist.Bernoulli(logits=self.emitter(z, self.context(x_prev))).to_event(1)
 
-    def note_probabilities(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def note_probabilities(
+        self, z: torch.Tensor, x: torch.Tensor, x_prev: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``p(x_{t,k} = 1 | z_t, x_{t,<k})`` of every note, at the notes ``x``.
 
         For independent notes the notes below ``k`` do not matter; for a NADE
-        these are its conditionals along ``x``. Shapes ``(..., z_dim)`` and
-        ``(..., input_dim)`` -> ``(..., input_dim)``.
+        these are its conditionals along ``x``. An augmented DMM also reads
+        ``x_prev`` (:meth:`context`). Shapes ``(..., z_dim)`` and ``(...,
+        input_dim)`` -> ``(..., input_dim)``.
         """
         if self.config.emitter == "nade":
-            return torch.sigmoid(self.emission_dist(z).conditional_logits(x))
-        return torch.sigmoid(self.emitter(z)).expand_as(x)
+            return torch.sigmoid(self.emission_dist(z, x_prev).conditional_logits(x))
+        return torch.sigmoid(self.emitter(z, self.context(x_prev))).expand_as(x)
 
     def model(self, batch: Batch, annealing_factor: float = 1.0) -> None:
         """The generative model ``p(x_{1:T}, z_{1:T})``, conditioned on ``batch.x``."""
@@ -398,9 +442,10 @@ class DMM(nn.Module):
         batch_size, t_max, _ = batch.x.shape
         mask = batch.mask.bool()  # (batch, time)
         z_prev = self.z_0.expand(batch_size, -1)  # (batch, z_dim)
+        x_prev = torch.zeros_like(batch.x[:, 0])  # x_0 = 0, read if augmented
         with pyro.plate("sequences", batch_size, dim=-1):
             for t in pyro.markov(range(t_max)):
-                loc, scale = self.prior(z_prev, first=t == 0)  # (batch, z_dim) each
+                loc, scale = self.prior(z_prev, t == 0, x_prev)  # (batch, z_dim) each
                 with poutine.scale(scale=annealing_factor):
                     z_t = pyro.sample(
                         f"z_{t + 1}",
@@ -408,10 +453,10 @@ class DMM(nn.Module):
                     )  # (batch, z_dim)
                 pyro.sample(
                     f"x_{t + 1}",
-                    self.emission_dist(z_t).mask(mask[:, t]),
+                    self.emission_dist(z_t, x_prev).mask(mask[:, t]),
                     obs=batch.x[:, t],
                 )
-                z_prev = z_t
+                z_prev, x_prev = z_t, batch.x[:, t]
 
     def guide(self, batch: Batch, annealing_factor: float = 1.0) -> None:
         """The posterior ``q(z | x) = prod_t q(z_t | z_{t-1}, h_t)`` (structured).
@@ -458,17 +503,20 @@ class DMM(nn.Module):
         z_t: torch.Tensor,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        x_prev: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``x_t ~ p(x_t | z_t)`` at temperature ``tau``: ``(x_t, probs)``.
 
         Each note is drawn with probability ``sigmoid(logits_k(z_t) / tau)``;
         ``tau = 0`` is the limit, a note sounds exactly when its logit is
-        positive. ``probs`` are those probabilities. Shapes: ``(..., z_dim)``
-        -> ``(..., input_dim)`` each.
+        positive. ``probs`` are those probabilities. An augmented DMM also
+        reads ``x_prev`` (:meth:`context`). Shapes: ``(..., z_dim)`` ->
+        ``(..., input_dim)`` each.
         """
         if self.config.emitter == "nade":  # note by note
-            return self.emission_dist(z_t).sample_tempered(temperature, generator)
-        logits = self.emitter(z_t)  # (..., input_dim)
+            emission = self.emission_dist(z_t, x_prev)
+            return emission.sample_tempered(temperature, generator)
+        logits = self.emitter(z_t, self.context(x_prev))  # (..., input_dim)
         if temperature > 0:
             probs = torch.sigmoid(logits / temperature)
             return torch.bernoulli(probs, generator=generator), probs
@@ -484,11 +532,14 @@ class DMM(nn.Module):
         generator: torch.Generator | None = None,
         *,
         start: bool = False,
+        x_prev: torch.Tensor | None = None,
     ) -> Generated:
         """Ancestral sampling: ``num_steps`` steps of the model from ``z_prev``.
 
         With ``start``, ``z_prev`` is the model's ``z_0`` and the first step
-        draws ``z_1`` from :meth:`prior` for a first step.
+        draws ``z_1`` from :meth:`prior` for a first step. ``x_prev`` ``(N,
+        input_dim)``, the notes before the first step drawn, is read by an
+        augmented DMM only; by default zeros, the ``x_0`` of a start.
 
         ``z_t = loc(z_{t-1}) + tau * scale(z_{t-1}) * eps_t`` and
         ``x_t ~`` :meth:`sample_emission` at the same ``tau``; each step draws
@@ -502,18 +553,21 @@ class DMM(nn.Module):
         z_dim)``.
         """
         num_steps = positive_int("num_steps", num_steps)
+        if x_prev is None:  # x_0 = 0
+            x_prev = z_prev.new_zeros(z_prev.shape[0], self.config.input_dim)
         xs, zs, all_probs = [], [], []
         for step in range(num_steps):
-            loc, scale = self.prior(z_prev, first=start and step == 0)  # (N, z_dim)
+            first = start and step == 0
+            loc, scale = self.prior(z_prev, first, x_prev)  # (N, z_dim) each
             eps = torch.randn(
                 loc.shape, generator=generator, dtype=loc.dtype, device=loc.device
             )
             z_t = loc + temperature * scale * eps  # (N, z_dim)
-            x_t, probs = self.sample_emission(z_t, temperature, generator)
+            x_t, probs = self.sample_emission(z_t, temperature, generator, x_prev)
             xs.append(x_t)
             zs.append(z_t)
             all_probs.append(probs)
-            z_prev = z_t
+            z_prev, x_prev = z_t, x_t
         return Generated(*(torch.stack(parts, dim=1) for parts in (xs, zs, all_probs)))
 
     def generate(
@@ -594,8 +648,13 @@ class LinearGaussianDMM(DMM):
         self.register_buffer("z_0", z_0.detach().clone())
         self.to(device=A.device, dtype=A.dtype)
 
-    def emission_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
-        """``p(x_t | z_t) = N(C z_t, diag(r_scale^2))``, with batch shape ``(...)``."""
+    def emission_dist(
+        self, z: torch.Tensor, x_prev: torch.Tensor | None = None
+    ) -> dist.TorchDistribution:
+        """``p(x_t | z_t) = N(C z_t, diag(r_scale^2))``, with batch shape ``(...)``.
+
+        ``x_prev`` is ignored: this model is never augmented.
+        """
         loc, scale = self.emitter(z)
         return dist.Normal(loc, scale).to_event(1)
 
@@ -604,8 +663,12 @@ class LinearGaussianDMM(DMM):
         z_t: torch.Tensor,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        x_prev: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``x_t ~ N(C z_t, diag((tau r_scale)^2))``: ``(x_t, C z_t)``."""
+        """Draw ``x_t ~ N(C z_t, diag((tau r_scale)^2))``: ``(x_t, C z_t)``.
+
+        ``x_prev`` is ignored: this model is never augmented.
+        """
         loc, scale = self.emitter(z_t)
         eps = torch.randn(
             loc.shape, generator=generator, dtype=loc.dtype, device=loc.device

@@ -28,7 +28,7 @@ from torch import nn
 
 from dmm_helpers.checks import finite_number, shape_of
 from dmm_helpers.data import Batch
-from dmm_helpers.dmm import DMM
+from dmm_helpers.dmm import DMM, notes_before
 
 KLEstimator = Literal["analytic", "sampled"]
 KL_ESTIMATORS: tuple[KLEstimator, ...] = ("analytic", "sampled")
@@ -168,23 +168,42 @@ def sample_guide(
     )
 
 
+def previous_notes(dmm: DMM, batch: Batch) -> torch.Tensor | None:
+    """``x_{t-1}`` for every real step, packed: what an augmented DMM also reads.
+
+    Rows as :func:`elbo_terms` packs ``batch.x``, ``(N, input_dim)``, with
+    ``x_0 = 0`` before each sequence's first step. ``None`` for a DMM that is
+    not augmented (its networks read ``z`` alone).
+    """
+    if not dmm.config.augmented:
+        return None
+    return _pack(notes_before(batch.x), batch.lengths).data  # (N, input_dim)
+
+
 def prior_at_sample(
-    dmm: DMM, z: torch.Tensor, batch_sizes: torch.Tensor
+    dmm: DMM,
+    z: torch.Tensor,
+    batch_sizes: torch.Tensor,
+    x_prev: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``loc``, ``scale`` of ``p(z_t | z_{t-1})`` for every packed row of ``z``.
 
     ``z`` is ``(N, z_dim)`` in ``PackedSequence`` row order with these
     ``batch_sizes``; a first step's prior is :meth:`DMM.prior` of ``z_0`` for a
     first step, any other step's the transition of the row of the same
-    sequence one step before.
+    sequence one step before. ``x_prev``, :func:`previous_notes` (in the same
+    rows), is read by an augmented DMM only.
     """
     sizes = batch_sizes.tolist()
+    first_x = later_x = None
+    if x_prev is not None:  # augmented: the first steps read x_0 = 0
+        first_x, later_x = x_prev[: sizes[0]], x_prev[sizes[0] :]
     z_0 = dmm.z_0.expand(sizes[0], -1)  # (batch, z_dim)
-    first_loc, first_scale = dmm.prior(z_0, first=True)  # p(z_1): (batch, z_dim)
+    first_loc, first_scale = dmm.prior(z_0, True, first_x)  # p(z_1): (batch, z_dim)
     z_prev = [z_t[:n] for z_t, n in zip(z.split(sizes), sizes[1:])]
     if not z_prev:  # every sequence has one step
         return first_loc, first_scale
-    loc, scale = dmm.prior(torch.cat(z_prev))  # (N - batch, z_dim) each
+    loc, scale = dmm.prior(torch.cat(z_prev), x_prev=later_x)  # (N - batch, z_dim)
     return torch.cat([first_loc, loc]), torch.cat([first_scale, scale])
 
 
@@ -261,8 +280,9 @@ def elbo_terms(
         )
     q = sample_guide(dmm, h, eps)
 
-    p_loc, p_scale = prior_at_sample(dmm, q.z, h.batch_sizes)  # (N, z_dim) each
-    log_lik = dmm.emission_dist(q.z).log_prob(
+    x_prev = previous_notes(dmm, batch)  # (N, input_dim), or None: not augmented
+    p_loc, p_scale = prior_at_sample(dmm, q.z, h.batch_sizes, x_prev)  # (N, z_dim)
+    log_lik = dmm.emission_dist(q.z, x_prev).log_prob(
         _pack(batch.x, batch.lengths).data
     )  # (N,)
     if kl_estimator == "analytic" and dmm.config.num_iafs == 0:

@@ -42,7 +42,7 @@ import torch
 
 from dmm_helpers.checks import finite_number, positive_int
 from dmm_helpers.data import Batch
-from dmm_helpers.dmm import DMM, Generated
+from dmm_helpers.dmm import DMM, Generated, notes_before
 from dmm_helpers.elbo import elbo_terms
 from dmm_helpers.music import as_roll
 from dmm_helpers.nade import NADEBernoulli
@@ -54,7 +54,9 @@ def _check_model(model: Any) -> None:
             f"model must be a dmm_helpers.dmm.DMM, got {type(model).__name__}"
         )
     with torch.no_grad():
-        probe = model.emission_dist(model.z_0[None])
+        probe = model.emission_dist(
+            model.z_0[None], model.z_0.new_zeros(1, model.config.input_dim)
+        )
     emission = getattr(probe, "base_dist", probe)
     if not isinstance(emission, (dist.Bernoulli, NADEBernoulli)):
         raise TypeError(
@@ -199,8 +201,11 @@ def continue_sequence(
             device=x.device,
         )
         z_given = elbo_terms(model, batch, noise=noise).z  # (S, P, z_dim) ~ q
-        probs_given = model.note_probabilities(z_given, x)  # (S, P, input_dim)
-        future = model.sample_forward(z_given[:, -1], num_steps, temperature, generator)
+        x_prev = notes_before(x)  # (S, P, input_dim): x_0 = 0, x_1, ..., x_{P-1}
+        probs_given = model.note_probabilities(z_given, x, x_prev)  # (S, P, input_dim)
+        future = model.sample_forward(
+            z_given[:, -1], num_steps, temperature, generator, x_prev=x[:, -1]
+        )
     x_given = prefix_x.expand(num_samples, -1, -1)  # (S, P, input_dim)
     return Generated(
         x=torch.cat([x_given, future.x], dim=1),

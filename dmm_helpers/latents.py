@@ -33,7 +33,12 @@ import torch
 from dmm_helpers.checks import finite_number, positive_int
 from dmm_helpers.data import make_batch
 from dmm_helpers.dmm import DMM
-from dmm_helpers.elbo import gaussian_kl_terms, prior_at_sample, sample_guide
+from dmm_helpers.elbo import (
+    gaussian_kl_terms,
+    previous_notes,
+    prior_at_sample,
+    sample_guide,
+)
 
 ACTIVITY_THRESHOLD = 0.01
 """Burda et al. (2016, section 5.2): a unit is active when ``A_u`` exceeds it."""
@@ -91,13 +96,14 @@ def latent_usage(
             chunk = [s.to(dtype) for s in sequences[start : start + batch_size]]
             batch = make_batch(chunk, device=device)
             h = model.summarise(batch)  # packed: .data (N, ...)
+            x_prev = previous_notes(model, batch)  # read if augmented
             z_shape = (len(h.data), model.config.z_dim)
             loc_sum = torch.zeros(z_shape, dtype=torch.float64, device=device)
             loc_square_sum = torch.zeros_like(loc_sum)  # (N, z_dim) each
             for _ in range(num_samples):
                 eps = torch.randn(z_shape, dtype=dtype, device=device)
                 q = sample_guide(model, h, eps)
-                p_loc, p_scale = prior_at_sample(model, q.z, h.batch_sizes)
+                p_loc, p_scale = prior_at_sample(model, q.z, h.batch_sizes, x_prev)
                 kl = gaussian_kl_terms(q.loc, q.scale, p_loc, p_scale)  # (N, z_dim)
                 kl_sum += kl.sum(0).double()
                 loc_sum += q.loc.double()

@@ -38,19 +38,42 @@ class Emitter(nn.Module):
     logits (``Bernoulli(logits=...)``, i.e. binary cross-entropy with logits)
     never takes the log of a probability that has rounded to 0 or 1.
 
-    Shapes: ``z_t`` ``(..., z_dim)`` -> logits ``(..., input_dim)``.
+    With ``context_dim > 0`` (the augmented DMM of chapter 09) the first layer
+    also reads a context, the previous step's notes ``x_{t-1}``, beside ``z_t``.
+
+    Shapes: ``z_t`` ``(..., z_dim)`` (and ``context`` ``(..., context_dim)``)
+    -> logits ``(..., input_dim)``.
     """
 
-    def __init__(self, input_dim: int, z_dim: int, emission_dim: int) -> None:
+    def __init__(
+        self, input_dim: int, z_dim: int, emission_dim: int, context_dim: int = 0
+    ) -> None:
         super().__init__()
-        self.z_to_hidden = nn.Linear(z_dim, emission_dim)
+        self.z_to_hidden = nn.Linear(z_dim + context_dim, emission_dim)
         self.hidden_to_hidden = nn.Linear(emission_dim, emission_dim)
         self.hidden_to_logits = nn.Linear(emission_dim, input_dim)
 
-    def forward(self, z_t: torch.Tensor) -> torch.Tensor:
-        hidden = F.relu(self.z_to_hidden(z_t))  # (..., emission_dim)
+    def forward(
+        self, z_t: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        hidden = F.relu(self.z_to_hidden(with_context(z_t, context)))
         hidden = F.relu(self.hidden_to_hidden(hidden))  # (..., emission_dim)
         return self.hidden_to_logits(hidden)  # (..., input_dim)
+
+
+def with_context(z: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    """A network's input: ``z`` alone, or ``z`` and the ``context`` side by side.
+
+    The augmented DMM's emitter and transition read the previous notes
+    ``x_{t-1}`` beside the latent state; the two broadcast over leading shapes.
+    Shapes: ``(..., z_dim)``, ``(..., c)`` -> ``(..., z_dim + c)``.
+    """
+    if context is None:
+        return z
+    shape = torch.broadcast_shapes(z.shape[:-1], context.shape[:-1])
+    return torch.cat(
+        [z.expand(*shape, z.shape[-1]), context.expand(*shape, context.shape[-1])], -1
+    )
 
 
 def softplus_scale(argument: torch.Tensor, variance: bool) -> torch.Tensor:
@@ -81,28 +104,38 @@ class GatedTransition(nn.Module):
     persistence itself. Softplus keeps the scale positive with a gradient
     that never vanishes for large arguments.
 
-    Shapes: ``z_prev`` ``(..., z_dim)`` -> ``loc``, ``scale`` ``(..., z_dim)``.
+    With ``context_dim > 0`` (the augmented DMM of chapter 09) the gate's and
+    the proposal's hidden layers also read a context, the previous notes
+    ``x_{t-1}``, beside ``z_{t-1}``; the linear map reads ``z_{t-1}`` alone.
+
+    Shapes: ``z_prev`` ``(..., z_dim)`` (and ``context`` ``(..., context_dim)``)
+    -> ``loc``, ``scale`` ``(..., z_dim)``.
     """
 
-    def __init__(self, z_dim: int, transition_dim: int, variance: bool = False) -> None:
+    def __init__(
+        self,
+        z_dim: int,
+        transition_dim: int,
+        variance: bool = False,
+        context_dim: int = 0,
+    ) -> None:
         super().__init__()
         self.variance = variance  # softplus gives the variance, as the authors'
-        self.gate_hidden = nn.Linear(z_dim, transition_dim)
+        self.gate_hidden = nn.Linear(z_dim + context_dim, transition_dim)
         self.gate_out = nn.Linear(transition_dim, z_dim)
-        self.proposal_hidden = nn.Linear(z_dim, transition_dim)
+        self.proposal_hidden = nn.Linear(z_dim + context_dim, transition_dim)
         self.proposal_out = nn.Linear(transition_dim, z_dim)
         self.linear_loc = nn.Linear(z_dim, z_dim)
         self.proposal_to_scale = nn.Linear(z_dim, z_dim)
         nn.init.eye_(self.linear_loc.weight)
         nn.init.zeros_(self.linear_loc.bias)
 
-    def forward(self, z_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gate = torch.sigmoid(
-            self.gate_out(F.relu(self.gate_hidden(z_prev)))
-        )  # (..., z_dim)
-        proposal = self.proposal_out(
-            F.relu(self.proposal_hidden(z_prev))
-        )  # (..., z_dim)
+    def forward(
+        self, z_prev: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = with_context(z_prev, context)  # (..., z_dim [+ context_dim])
+        gate = torch.sigmoid(self.gate_out(F.relu(self.gate_hidden(inputs))))
+        proposal = self.proposal_out(F.relu(self.proposal_hidden(inputs)))
         loc = (1 - gate) * self.linear_loc(z_prev) + gate * proposal  # (..., z_dim)
         scale = softplus_scale(self.proposal_to_scale(F.relu(proposal)), self.variance)
         return loc, scale  # (..., z_dim) each
@@ -433,6 +466,10 @@ class LinearGaussian(nn.Module):
         self.register_buffer("matrix", matrix.detach().clone())
         self.register_buffer("scale", scale.detach().clone())
 
-    def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, u: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if context is not None:
+            raise ValueError("a linear Gaussian conditional reads no context")
         loc = u @ self.matrix.T  # (..., out_dim)
         return loc, self.scale.expand_as(loc)

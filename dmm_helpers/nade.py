@@ -25,6 +25,8 @@ from pyro.distributions import TorchDistribution
 from torch import nn
 from torch.distributions import constraints
 
+from dmm_helpers.modules import with_context
+
 
 class NADEBernoulli(TorchDistribution):
     """``D`` binary notes, autoregressive: batch shape ``(...)``, event ``(D,)``.
@@ -124,15 +126,23 @@ class NADEEmitter(nn.Module):
     NADE, ``nade_dim`` of them); ``W`` and ``V`` are shared by every step.
     ``forward`` returns the distribution's arguments.
 
-    Shapes: ``z_t`` ``(..., z_dim)`` -> ``b`` ``(..., input_dim)``, ``c``
-    ``(..., nade_dim)``.
+    With ``context_dim > 0`` (the augmented DMM) the network also reads the
+    previous notes ``x_{t-1}``, so the biases depend on them too.
+
+    Shapes: ``z_t`` ``(..., z_dim)`` (and ``context`` ``(..., context_dim)``)
+    -> ``b`` ``(..., input_dim)``, ``c`` ``(..., nade_dim)``.
     """
 
     def __init__(
-        self, input_dim: int, z_dim: int, emission_dim: int, nade_dim: int
+        self,
+        input_dim: int,
+        z_dim: int,
+        emission_dim: int,
+        nade_dim: int,
+        context_dim: int = 0,
     ) -> None:
         super().__init__()
-        self.z_to_hidden = nn.Linear(z_dim, emission_dim)
+        self.z_to_hidden = nn.Linear(z_dim + context_dim, emission_dim)
         self.hidden_to_hidden = nn.Linear(emission_dim, emission_dim)
         self.hidden_to_biases = nn.Linear(emission_dim, input_dim + nade_dim)
         self.weight_in = nn.Parameter(torch.empty(nade_dim, input_dim))
@@ -142,13 +152,17 @@ class NADEEmitter(nn.Module):
         nn.init.uniform_(self.weight_out, -bound, bound)
         self.input_dim = input_dim
 
-    def forward(self, z_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = F.relu(self.z_to_hidden(z_t))  # (..., emission_dim)
+    def forward(
+        self, z_t: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = F.relu(self.z_to_hidden(with_context(z_t, context)))
         hidden = F.relu(self.hidden_to_hidden(hidden))  # (..., emission_dim)
         biases = self.hidden_to_biases(hidden)  # (..., input_dim + nade_dim)
         return biases[..., : self.input_dim], biases[..., self.input_dim :]
 
-    def distribution(self, z_t: torch.Tensor) -> NADEBernoulli:
+    def distribution(
+        self, z_t: torch.Tensor, context: torch.Tensor | None = None
+    ) -> NADEBernoulli:
         """``p(x_t | z_t)`` for ``z_t`` ``(..., z_dim)``: batch ``(...)``."""
-        visible_bias, hidden_bias = self(z_t)
+        visible_bias, hidden_bias = self(z_t, context)
         return NADEBernoulli(visible_bias, hidden_bias, self.weight_in, self.weight_out)

@@ -331,6 +331,12 @@ class TrainConfig:
         "p(x_t | z_t): bernoulli, the 88 notes independent given z_t (the paper's "
         "DMM), or nade, drawn one after another (the paper's DMM with NADE).",
     )
+    augmented: bool = setting(
+        False,
+        "model",
+        "The emitter and the transition also read the previous notes x_t-1 "
+        "(the paper's DMM-Aug; the authors' -etype conditional -previnp).",
+    )
 
     def command(self) -> str:
         """The command line that trains with these settings.

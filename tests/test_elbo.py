@@ -149,8 +149,18 @@ AUTHORS_CHOICES = {
         {"z1_prior": "standard"},
         {"rnn_type": "lstm"},
         {"emitter": "nade"},
+        {"augmented": True},
+        {**AUTHORS_CHOICES, "augmented": True, "emitter": "nade"},
     ],
-    ids=["authors", "variance", "standard-prior", "lstm", "nade"],
+    ids=[
+        "authors",
+        "variance",
+        "standard-prior",
+        "lstm",
+        "nade",
+        "augmented",
+        "authors-augmented-nade",
+    ],
 )
 @pytest.mark.parametrize(
     ("objective", "kl"),
@@ -201,12 +211,18 @@ def test_sample_equals_the_guides() -> None:
 
 
 @pytest.mark.parametrize(
-    ("num_iafs", "guide"), [(0, "st-r"), (2, "st-r"), (0, "st-lr"), (1, "mf-l")]
+    ("num_iafs", "guide", "augmented"),
+    [(0, "st-r", False), (2, "st-r", False), (0, "st-lr", False), (1, "mf-l", False)]
+    + [(0, "st-r", True), (1, "mf-lr", True)],
 )
-def test_per_step_terms_equal_pyros_site_by_site(num_iafs: int, guide: str) -> None:
+def test_per_step_terms_equal_pyros_site_by_site(
+    num_iafs: int, guide: str, augmented: bool
+) -> None:
     # Pyro scores each step at its own sample sites x_t and z_t: the fast
-    # ELBO's per-step terms must be those numbers, zero on padded steps.
-    dmm = small_dmm(num_iafs=num_iafs, guide=guide)
+    # ELBO's per-step terms must be those numbers, zero on padded steps. An
+    # augmented model's step t reads x_{t-1}: a shift by one step in either
+    # program would move every term.
+    dmm = small_dmm(num_iafs=num_iafs, guide=guide, augmented=augmented)
     batch = random_batch([4, 2, 3])
     guide_trace = poutine.trace(dmm.guide).get_trace(batch)
     model_trace = poutine.trace(poutine.replay(dmm.model, trace=guide_trace)).get_trace(
@@ -235,13 +251,17 @@ def test_per_step_terms_equal_pyros_site_by_site(num_iafs: int, guide: str) -> N
 
 
 @pytest.mark.parametrize(
-    ("num_iafs", "guide"), [(0, "st-r"), (1, "st-r"), *((0, g) for g in GUIDES[1:])]
+    ("num_iafs", "guide", "options"),
+    [(0, "st-r", {}), (1, "st-r", {}), *((0, g, {}) for g in GUIDES[1:])]
+    + [(0, "st-r", {"augmented": True}), (1, "st-lr", {"augmented": True})],
 )
 @pytest.mark.parametrize("kl", ["analytic", "sampled"])
 def test_padded_batch_equals_its_sequences_run_alone(
-    num_iafs: int, kl: str, guide: str
+    num_iafs: int, kl: str, guide: str, options: dict
 ) -> None:
-    dmm = small_dmm(num_iafs, guide=guide)
+    # For an augmented model this also checks that each sequence's first
+    # step reads x_0 = 0, not the step before it in the packed batch.
+    dmm = small_dmm(num_iafs, guide=guide, **options)
     lengths = [5, 2, 4, 1]
     batch = random_batch(lengths)
     noise = torch.randn(4, 5, SMALL.z_dim, dtype=torch.float64)
@@ -262,8 +282,9 @@ def test_padded_batch_equals_its_sequences_run_alone(
 
 @pytest.mark.parametrize(
     "options",
-    [{"guide": guide} for guide in GUIDES] + [{"emitter": "nade"}],
-    ids=[*GUIDES, "nade"],
+    [{"guide": guide} for guide in GUIDES]
+    + [{"emitter": "nade"}, {"augmented": True, "emitter": "nade"}],
+    ids=[*GUIDES, "nade", "augmented-nade"],
 )
 def test_what_lies_in_the_padding_changes_nothing(options: dict) -> None:
     dmm = small_dmm(**options)
@@ -378,9 +399,17 @@ def test_elbo_is_below_the_exact_log_likelihood_and_closes_in_as_the_guide_learn
 # -------------------------------------------------------------- training
 
 
-@pytest.mark.parametrize("num_iafs", [0, 1])
-def test_gradients_reach_every_parameter(num_iafs: int) -> None:
-    dmm = small_dmm(num_iafs)
+@pytest.mark.parametrize(
+    ("num_iafs", "options"),
+    [
+        (0, {}),
+        (1, {}),
+        (0, {"augmented": True}),
+        (0, {"augmented": True, "emitter": "nade"}),
+    ],
+)
+def test_gradients_reach_every_parameter(num_iafs: int, options: dict) -> None:
+    dmm = small_dmm(num_iafs, **options)
     batch = random_batch([4, 2, 3])
     for name, grad in gradients(dmm, elbo(dmm, batch)).items():
         assert bool(grad.isfinite().all()), name
