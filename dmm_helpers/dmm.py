@@ -78,7 +78,7 @@ drawn uniformly from (-0.1, 0.1) (``parse_args_dkf.py``'s ``-ischeme``).
 """
 
 
-def notes_before(x: torch.Tensor) -> torch.Tensor:
+def preceding_notes(x: torch.Tensor) -> torch.Tensor:
     """Each step's previous notes ``x_{t-1}``, with ``x_0 = 0``: augmented input.
 
     Shapes: ``x`` ``(..., time, input_dim)`` -> the same, shifted one step

@@ -28,7 +28,7 @@ from torch import nn
 
 from dmm_helpers.checks import finite_number, shape_of
 from dmm_helpers.data import Batch
-from dmm_helpers.dmm import DMM, notes_before
+from dmm_helpers.dmm import DMM, preceding_notes
 
 KLEstimator = Literal["analytic", "sampled"]
 KL_ESTIMATORS: tuple[KLEstimator, ...] = ("analytic", "sampled")
@@ -177,7 +177,7 @@ def previous_notes(dmm: DMM, batch: Batch) -> torch.Tensor | None:
     """
     if not dmm.config.augmented:
         return None
-    return _pack(notes_before(batch.x), batch.lengths).data  # (N, input_dim)
+    return _pack(preceding_notes(batch.x), batch.lengths).data  # (N, input_dim)
 
 
 def prior_at_sample(

@@ -42,7 +42,7 @@ import torch
 
 from dmm_helpers.checks import finite_number, positive_int
 from dmm_helpers.data import Batch
-from dmm_helpers.dmm import DMM, Generated, notes_before
+from dmm_helpers.dmm import DMM, Generated, preceding_notes
 from dmm_helpers.elbo import elbo_terms
 from dmm_helpers.music import as_roll
 from dmm_helpers.nade import NADEBernoulli
@@ -201,7 +201,7 @@ def continue_sequence(
             device=x.device,
         )
         z_given = elbo_terms(model, batch, noise=noise).z  # (S, P, z_dim) ~ q
-        x_prev = notes_before(x)  # (S, P, input_dim): x_0 = 0, x_1, ..., x_{P-1}
+        x_prev = preceding_notes(x)  # (S, P, input_dim): x_0 = 0, x_1, ..., x_{P-1}
         probs_given = model.note_probabilities(z_given, x, x_prev)  # (S, P, input_dim)
         future = model.sample_forward(
             z_given[:, -1], num_steps, temperature, generator, x_prev=x[:, -1]

@@ -60,6 +60,7 @@ def test_config_defaults_are_pyros_example_sizes() -> None:
         "rnn_output_dropout": 0.0,
         "init": "pytorch",
         "emitter": "bernoulli",
+        "augmented": False,
     }
 
 
@@ -91,6 +92,7 @@ def test_config_from_dict_names_unknown_keys() -> None:
             r"rnn_dropout must lie in \[0, 1\)",
         ),
         ({"rnn_dropout": 0.1}, ValueError, "needs rnn_layers > 1"),
+        ({"augmented": 1}, TypeError, "augmented must be True or False, got 1"),
     ],
 )
 def test_config_rejects_bad_values(changes: dict, error: type, message: str) -> None:
@@ -174,6 +176,96 @@ def test_model_log_joint_equals_the_hand_computed_density() -> None:
                 )
                 z_prev = z_t
         assert torch.allclose(trace.log_prob_sum(), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("z1_prior", ["learned", "standard"])
+def test_augmented_model_log_joint_equals_the_hand_computed_density(
+    z1_prior: str,
+) -> None:
+    # DMM-Aug: z_t ~ p(z_t | z_{t-1}, x_{t-1}) and x_t ~ p(x_t | z_t, x_{t-1}),
+    # x_0 = 0. The networks' first layers are applied here by hand to [z; x_prev].
+    dmm = small_dmm(augmented=True, z1_prior=z1_prior)
+    batch = random_batch([4, 2, 3])
+    trace = poutine.trace(dmm.model).get_trace(batch)
+    transition, emitter = dmm.transition, dmm.emitter
+    expected = torch.zeros((), dtype=torch.float64)
+    relu = torch.relu
+    with torch.no_grad():
+        for b, length in enumerate(batch.lengths.tolist()):
+            z_prev, x_prev = dmm.z_0, torch.zeros_like(batch.x[b, 0])
+            for t in range(length):
+                z_t = trace.nodes[f"z_{t + 1}"]["value"][b]
+                inputs = torch.cat([z_prev, x_prev])
+                gate = torch.sigmoid(
+                    transition.gate_out(relu(transition.gate_hidden(inputs)))
+                )
+                proposal = transition.proposal_out(
+                    relu(transition.proposal_hidden(inputs))
+                )
+                loc = (1 - gate) * transition.linear_loc(z_prev) + gate * proposal
+                scale = nn.functional.softplus(
+                    transition.proposal_to_scale(relu(proposal))
+                )
+                if t == 0 and z1_prior == "standard":
+                    loc, scale = torch.zeros_like(loc), torch.ones_like(scale)
+                expected += torch.distributions.Normal(loc, scale).log_prob(z_t).sum()
+                hidden = relu(emitter.z_to_hidden(torch.cat([z_t, x_prev])))
+                logits = emitter.hidden_to_logits(
+                    relu(emitter.hidden_to_hidden(hidden))
+                )
+                expected += (
+                    torch.distributions.Bernoulli(logits=logits)
+                    .log_prob(batch.x[b, t])
+                    .sum()
+                )
+                z_prev, x_prev = z_t, batch.x[b, t]
+        assert torch.allclose(trace.log_prob_sum(), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("emitter", ["bernoulli", "nade"])
+def test_an_augmented_model_reads_the_previous_notes_and_not_the_later_ones(
+    emitter: str,
+) -> None:
+    # With the states held fixed, changing the notes of step 2 changes the
+    # densities of z_3 and x_3 (they read x_2) and of no earlier site; the
+    # paper's DMM, given the states, reads no notes at all.
+    batch = random_batch([4, 4])
+    flipped_x = batch.x.clone()
+    flipped_x[:, 1] = 1 - flipped_x[:, 1]
+    flipped = make_batch(list(flipped_x))
+    for augmented in (True, False):
+        dmm = small_dmm(augmented=augmented, emitter=emitter)
+        states = poutine.trace(dmm.model).get_trace(batch)
+        fixed = {f"z_{t}": states.nodes[f"z_{t}"]["value"] for t in range(1, 5)}
+        conditioned = poutine.condition(dmm.model, data=fixed)
+        scores = {}
+        for name, given in (("original", batch), ("flipped", flipped)):
+            trace = poutine.trace(conditioned).get_trace(given)
+            trace.compute_log_prob()
+            scores[name] = {
+                site: trace.nodes[site]["log_prob"]
+                for site in [*fixed, *(f"x_{t}" for t in range(1, 5))]
+            }
+        same = {
+            site
+            for site in scores["original"]
+            if torch.equal(scores["original"][site], scores["flipped"][site])
+        }
+        if augmented:  # x_2 is scored at other values, z_3 and x_3 read them
+            assert same == {"z_1", "x_1", "z_2", "z_4", "x_4"}
+        else:
+            assert same == {"z_1", "x_1", "z_2", "z_3", "x_3", "z_4", "x_4"}
+
+
+def test_an_augmented_model_needs_the_previous_notes() -> None:
+    dmm = small_dmm(augmented=True)
+    z = torch.zeros(2, dmm.config.z_dim, dtype=torch.float64)
+    with pytest.raises(ValueError, match="augmented.*pass x_prev"):
+        dmm.emission_dist(z)
+    with pytest.raises(ValueError, match="augmented.*pass x_prev"):
+        dmm.prior(z)
+    loc, scale = dmm.prior(z, x_prev=torch.zeros(2, 88, dtype=torch.float64))
+    assert loc.shape == scale.shape == (2, dmm.config.z_dim)
 
 
 def test_model_with_everything_masked_but_one_sequence_scores_that_sequence() -> None:

@@ -117,6 +117,42 @@ def test_temperature_zero_is_the_mean_path_and_the_likelier_notes():
     assert torch.equal(sample.probs, sample.x)
 
 
+AUGMENTED = dataclasses.replace(TINY, augmented=True)
+
+
+def test_an_augmented_model_feeds_each_drawn_chord_to_the_next_step():
+    # At temperature 0: z_t is the transition mean of (z_{t-1}, x_{t-1}) and
+    # x_t the likelier notes of the emitter at (z_t, x_{t-1}), from x_0 = 0.
+    model = _model(config=AUGMENTED)
+    sample = sample_prior(model, 2, 6, seed=5, temperature=0.0)
+    z_prev, x_prev = model.z_0[None], torch.zeros(1, 88)
+    with torch.no_grad():
+        for t in range(6):
+            z_prev, _scale = model.transition(z_prev, x_prev)
+            x_prev = (model.emitter(z_prev, x_prev) > 0).float()
+            assert torch.allclose(sample.z[:, t], z_prev.expand(2, -1))
+            assert torch.equal(sample.x[:, t], x_prev.expand(2, -1))
+    assert 0 < sample.x.sum() < sample.x.numel()  # the notes vary, so they matter
+
+
+@pytest.mark.parametrize("emitter", ["bernoulli", "nade"])
+def test_an_augmented_continuation_reads_the_prefix_notes_step_by_step(emitter):
+    torch.manual_seed(0)
+    model = DMM(dataclasses.replace(AUGMENTED, emitter=emitter)).double().eval()
+    prefix = _prefix(5).double()
+    result = continue_sequence(model, prefix, 3, seed=2, num_samples=2, temperature=0.0)
+    before = torch.cat([torch.zeros(1, 88), prefix[:-1]]).double()  # x_0 .. x_{P-1}
+    with torch.no_grad():
+        x, before = prefix.expand(2, -1, -1), before.expand(2, -1, -1)
+        expected = model.note_probabilities(result.z[:, :5], x, before)
+        assert torch.allclose(result.probs[:, :5], expected)
+        # the future's first step reads the prefix's last chord
+        z_next, _scale = model.transition(result.z[:, 4], prefix[-1].expand(2, -1))
+        assert torch.allclose(result.z[:, 5], z_next)
+        x_next = model.sample_emission(z_next, 0.0, x_prev=prefix[-1].expand(2, -1))[0]
+        assert torch.equal(result.x[:, 5], x_next)
+
+
 def test_seeds_reproduce_and_leave_the_global_generator_alone():
     model = _model()
     state = torch.get_rng_state()

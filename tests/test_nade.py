@@ -84,3 +84,14 @@ def test_the_emitter_gives_biases_from_the_state():
     x = torch.bernoulli(torch.full((2, 5, 88), 0.05))
     assert distribution.log_prob(x).shape == (2, 5)
     assert torch.isfinite(distribution.log_prob(x)).all()
+
+
+def test_only_chords_are_scored():
+    nade = random_nade(batch=(2,), notes=4)
+    with pytest.raises(ValueError, match="only 0s and 1s"):
+        nade.log_prob(torch.full((2, 4), 0.5, dtype=torch.float64))
+
+
+def test_an_empty_batch_has_no_scores():
+    nade = random_nade(batch=(0,), notes=4)
+    assert nade.log_prob(torch.zeros(0, 4, dtype=torch.float64)).shape == (0,)

@@ -1388,15 +1388,23 @@ def test_the_authors_preset_trains_and_resumes_exactly(tiny_data, tmp_path):
     assert "--optimizer adam" in command and "--scale variance" in command
 
 
-def test_a_nade_emitter_trains_and_evaluates_from_the_command_line(
-    tiny_data, tmp_path, capsys
+@pytest.mark.parametrize(
+    "model_flags",
+    [["--emitter", "nade"], ["--augmented"], ["--augmented", "--emitter", "nade"]],
+    ids=["nade", "augmented", "augmented-nade"],
+)
+def test_the_papers_other_models_train_and_evaluate_from_the_command_line(
+    tiny_data, tmp_path, capsys, model_flags
 ):
-    out = tmp_path / "nade"
+    out = tmp_path / "run"
     train.main(
         ["--data", str(tiny_data), "--out", str(out), "--epochs", "1"]
-        + ["--emitter", "nade", *flags({**TINY, "eval_every": 1})]
+        + [*model_flags, *flags({**TINY, "eval_every": 1})]
     )
-    assert load_model(out / "best.pt").config.emitter == "nade"
+    config = load_model(out / "best.pt").config
+    assert config.emitter == ("nade" if "nade" in model_flags else "bernoulli")
+    assert config.augmented == ("--augmented" in model_flags)
+    assert all(flag in (out / "command.txt").read_text() for flag in model_flags)
     capsys.readouterr()
     evaluate_main(
         ["--checkpoint", str(out / "best.pt"), "--data", str(tiny_data)]
