@@ -51,6 +51,7 @@ from dmm_helpers.train import (
     Trainer,
     annealing_factor,
     build_parser,
+    evaluate_bound,
     flag_of,
     merge_resumed_config,
     parse_args,
@@ -954,7 +955,7 @@ def test_best_pt_holds_the_weights_of_the_best_validation_bound(config, monkeypa
     valid_bounds = iter([5.0, 3.0, 4.0, 3.5])
     weights_at = []
 
-    def fake_bound(model, sequences, batch_size=100):
+    def fake_bound(model, sequences, batch_size=100, samples=1):
         if sequences is trainer.data["valid"]:
             weights_at.append(copy.deepcopy(model.state_dict()))
             return next(valid_bounds)
@@ -1412,3 +1413,38 @@ def test_the_papers_other_models_train_and_evaluate_from_the_command_line(
     )
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["nll_per_step"] <= printed["bound_per_step"] + 1e-9
+
+
+def test_an_evaluation_with_several_draws_averages_single_draws(config):
+    trainer = Trainer(config)
+    valid = trainer.data["valid"]
+    torch.manual_seed(5)
+    single = [evaluate_bound(trainer.model, valid, 100) for _ in range(3)]
+    torch.manual_seed(5)
+    averaged = evaluate_bound(trainer.model, valid, 100, samples=3)
+    trainer.close()
+    # one batch: the three draws come in the same order from the same stream
+    assert math.isclose(averaged, sum(single) / 3, rel_tol=1e-12)
+    assert len(set(single)) == 3  # the draws differ, so the average is news
+
+
+def test_changing_eval_samples_on_resume_rescores_best_pt(config):
+    Trainer(dataclasses.replace(config, epochs=2)).run()
+    best_path = Path(config.out) / "best.pt"
+    before = load_checkpoint(best_path)
+    more = dataclasses.replace(config, epochs=3, eval_samples=4)
+    resumed = Trainer(more, resume=True)
+    after = load_checkpoint(best_path)
+    best_model = load_model(best_path)  # built before the seed: it draws weights
+    torch.manual_seed(more.seed * 1_000_003 + resumed.step)
+    expected = evaluate_bound(
+        best_model, resumed.data["valid"], more.eval_batch_size, 4
+    )
+    assert after["epoch"] == before["epoch"]
+    assert after["valid_bound"] != before["valid_bound"]
+    assert math.isclose(after["valid_bound"], expected, rel_tol=1e-12)
+    assert resumed.best_valid == after["valid_bound"]
+    records = resumed.run()
+    assert records[-1]["epoch"] == 3
+    final = load_checkpoint(best_path)
+    assert final["valid_bound"] == min(after["valid_bound"], records[-1]["valid_bound"])
