@@ -28,8 +28,11 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro import poutine
-from pyro.distributions.transforms import AffineAutoregressive
-from pyro.nn import AutoRegressiveNN
+from pyro.distributions.transforms import (
+    AffineAutoregressive,
+    ConditionalAffineAutoregressive,
+)
+from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch import nn
 
 from dmm_helpers.checks import positive_int, shape_of
@@ -123,6 +126,7 @@ class DMMConfig:
     rnn_dropout: float = 0.0  # dropout between RNN layers (needs rnn_layers > 1)
     num_iafs: int = 0  # inverse autoregressive flows in the guide
     iaf_dim: int = 100  # hidden units of each flow's autoregressive network
+    iaf_context: bool = False  # each flow also reads h_t (Kingma et al.'s IAF)
     guide: str = "st-r"  # inference network: one of GUIDES
     scale: str = "std"  # softplus gives the "std" (Pyro's) or the "variance"
     z1_prior: str = "learned"  # p(z_1): transition of a "learned" z_0, or "standard"
@@ -143,9 +147,11 @@ class DMMConfig:
             value = getattr(self, field.name)
             if field.name in CHOICES:
                 continue
-            if field.name == "augmented":
+            if field.name in ("augmented", "iaf_context"):
                 if not isinstance(value, bool):
-                    raise TypeError(f"augmented must be True or False, got {value!r}")
+                    raise TypeError(
+                        f"{field.name} must be True or False, got {value!r}"
+                    )
                 continue
             if field.name in ("rnn_dropout", "rnn_output_dropout"):
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -162,6 +168,10 @@ class DMMConfig:
             raise ValueError(
                 f"the LSTM reader has one layer (the authors'); got rnn_layers="
                 f"{self.rnn_layers}"
+            )
+        if self.iaf_context and self.num_iafs == 0:
+            raise ValueError(
+                "iaf_context gives the flows the guide's h_t, so it needs num_iafs >= 1"
             )
         if self.rnn_dropout > 0 and self.rnn_layers == 1:
             raise ValueError(
@@ -235,10 +245,15 @@ class DMM(nn.Module):
                 self.rnn = BackwardRNN(*rnn_args)
             if "l" in reads:
                 self.rnn_forward = ForwardRNN(*rnn_args)
+        # The flows' masked autoregressive networks, shared by all time steps;
+        # with iaf_context each also reads h_t, as summarise gives it.
+        h_dim = config.rnn_dim * (2 if config.guide == "mf-lr" else 1)
         self.iaf_nets = nn.ModuleList(
-            AutoRegressiveNN(config.z_dim, [config.iaf_dim])
+            ConditionalAutoRegressiveNN(config.z_dim, h_dim, [config.iaf_dim])
+            if config.iaf_context
+            else AutoRegressiveNN(config.z_dim, [config.iaf_dim])
             for _ in range(config.num_iafs)
-        )  # the flows' masked autoregressive networks, shared by all time steps
+        )
         # The model's z_0 and a structured guide's z_0^q: learned parameters, or
         # fixed zeros (buffers) where p(z_1) = N(0, I) or the guide starts at 0.
         zeros = torch.zeros(config.z_dim)
@@ -475,14 +490,17 @@ class DMM(nn.Module):
                 loc, scale = self.guide_step(z_prev, h[:, t])  # (batch, z_dim) each
                 q_t = dist.Normal(loc, scale).to_event(1)
                 if self.config.num_iafs > 0:
-                    q_t = dist.TransformedDistribution(q_t, self.iaf_transforms())
+                    flows = self.iaf_transforms(h[:, t])
+                    q_t = dist.TransformedDistribution(q_t, flows)
                 with poutine.scale(scale=annealing_factor):
                     z_t = pyro.sample(
                         f"z_{t + 1}", q_t.mask(mask[:, t])
                     )  # (batch, z_dim)
                 z_prev = z_t
 
-    def iaf_transforms(self) -> list[AffineAutoregressive]:
+    def iaf_transforms(
+        self, h_t: torch.Tensor | None = None
+    ) -> list[AffineAutoregressive]:
         """The guide's inverse autoregressive flows for one time step.
 
         ``y = sigma(x) * x + (1 - sigma(x)) * mu(x)`` per flow, with
@@ -495,8 +513,19 @@ class DMM(nn.Module):
         each step, because a transform remembers only its latest ``(x, y)``
         pair: with its own step's pair at hand, Pyro scores ``z_t`` without
         inverting the flow, which costs ``z_dim`` sequential network passes.
+
+        With ``iaf_context`` (Kingma et al.'s IAF; Pyro's example has none),
+        ``mu`` and ``s`` also depend on the guide's reading ``h_t`` of the
+        step, ``(..., h_dim)``, which must then be given.
         """
-        return [AffineAutoregressive(net, stable=True) for net in self.iaf_nets]
+        if not self.config.iaf_context:
+            return [AffineAutoregressive(net, stable=True) for net in self.iaf_nets]
+        if h_t is None:
+            raise ValueError("these flows read the guide's h_t: pass it (iaf_context)")
+        return [
+            ConditionalAffineAutoregressive(net, stable=True).condition(h_t)
+            for net in self.iaf_nets
+        ]
 
     def sample_emission(
         self,

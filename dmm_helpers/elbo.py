@@ -116,13 +116,17 @@ class GuideSample(NamedTuple):
     log_det: torch.Tensor
 
 
-def through_flows(dmm: DMM, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def through_flows(
+    dmm: DMM, z: torch.Tensor, h: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Push ``z`` ``(n, z_dim)`` through the guide's flows: ``(z', log |det dz'/dz|)``.
 
-    Without flows (``num_iafs = 0``), ``z`` itself and zeros ``(n,)``.
+    Without flows (``num_iafs = 0``), ``z`` itself and zeros ``(n,)``. ``h``
+    ``(n, h_dim)``, the guide's reading of the same rows, is read by flows
+    with ``iaf_context`` only.
     """
     log_det = torch.zeros_like(z[:, 0])  # (n,)
-    for flow in dmm.iaf_transforms():  # none unless num_iafs > 0
+    for flow in dmm.iaf_transforms(h):  # none unless num_iafs > 0
         z_next = flow(z)
         log_det = log_det + flow.log_abs_det_jacobian(z, z_next)
         z = z_next
@@ -146,17 +150,18 @@ def sample_guide(
     if not dmm.structured:
         loc, scale = dmm.mean_field(h.data)  # (N, z_dim) each
         z_base = loc + scale * eps  # reparameterised
-        return GuideSample(loc, scale, z_base, *through_flows(dmm, z_base))
+        return GuideSample(loc, scale, z_base, *through_flows(dmm, z_base, h.data))
     sizes = h.batch_sizes.tolist()  # sequences still running at each step
     h_projected = dmm.combiner.project_rnn(h.data)  # (N, 2 z_dim)
     z_prev = dmm.z_q_0.expand(sizes[0], -1)  # (batch, z_dim)
     locs, scales, z_bases, zs, log_dets = [], [], [], [], []
-    for h_t, eps_t in zip(h_projected.split(sizes), eps.split(sizes)):
+    steps = zip(h_projected.split(sizes), eps.split(sizes), h.data.split(sizes))
+    for h_part, eps_t, h_t in steps:
         running = h_t.shape[0]
-        loc, scale = dmm.combiner.step(z_prev[:running], h_t)  # (running, z_dim) each
+        loc, scale = dmm.combiner.step(z_prev[:running], h_part)  # (running, z_dim)
         # Reparameterised: gradients flow through loc and scale.
         z_base = loc + scale * eps_t
-        z_t, log_det = through_flows(dmm, z_base)
+        z_t, log_det = through_flows(dmm, z_base, h_t)
         locs.append(loc)
         scales.append(scale)
         z_bases.append(z_base)

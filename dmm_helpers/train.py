@@ -294,6 +294,12 @@ class TrainConfig:
     iaf_dim: int = setting(
         100, "model", "Hidden units of each flow's autoregressive network.", COUNT
     )
+    iaf_context: bool = setting(
+        False,
+        "model",
+        "Each flow also reads the guide's summary h_t of the step, as Kingma et "
+        "al.'s IAF does (Pyro's example's flows read z alone).",
+    )
     guide: str = setting(
         "st-r",
         "model",

@@ -52,6 +52,7 @@ def test_config_defaults_are_pyros_example_sizes() -> None:
         "rnn_dropout": 0.0,
         "num_iafs": 0,
         "iaf_dim": 100,
+        "iaf_context": False,
         "guide": "st-r",
         "scale": "std",
         "z1_prior": "learned",
@@ -93,6 +94,7 @@ def test_config_from_dict_names_unknown_keys() -> None:
         ),
         ({"rnn_dropout": 0.1}, ValueError, "needs rnn_layers > 1"),
         ({"augmented": 1}, TypeError, "augmented must be True or False, got 1"),
+        ({"iaf_context": True}, ValueError, "iaf_context .* needs num_iafs >= 1"),
     ],
 )
 def test_config_rejects_bad_values(changes: dict, error: type, message: str) -> None:

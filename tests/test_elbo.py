@@ -183,10 +183,13 @@ def test_the_authors_choices_keep_the_fast_elbo_equal_to_pyros(
 @pytest.mark.parametrize("guide", ["st-r", "mf-lr"])
 @pytest.mark.parametrize("num_iafs", [1, 2])
 @pytest.mark.parametrize("kl", ["analytic", "sampled"])
+@pytest.mark.parametrize("iaf_context", [False, True])
 def test_fast_elbo_with_flows_equals_pyros_sampled_kl(
-    num_iafs: int, kl: str, guide: str
+    num_iafs: int, kl: str, guide: str, iaf_context: bool
 ) -> None:
-    dmm = small_dmm(num_iafs, guide=guide)
+    # With iaf_context each flow also reads h_t: Pyro's guide gives it h[:, t],
+    # the fast loop the packed rows of the same step.
+    dmm = small_dmm(num_iafs, guide=guide, iaf_context=iaf_context)
     batch = random_batch([4, 2, 3])
     # TraceMeanField_ELBO finds no closed-form KL for a flow and samples it,
     # so both of Pyro's objectives give the same number on the same draws.
@@ -404,6 +407,7 @@ def test_elbo_is_below_the_exact_log_likelihood_and_closes_in_as_the_guide_learn
     [
         (0, {}),
         (1, {}),
+        (2, {"iaf_context": True}),
         (0, {"augmented": True}),
         (0, {"augmented": True, "emitter": "nade"}),
     ],
