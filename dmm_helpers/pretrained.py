@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from dmm_helpers.checkpoint import load_model
+from dmm_helpers.checkpoint import load_checkpoint, load_model
 from dmm_helpers.checks import atomic_write
 from dmm_helpers.cli import add_debug_flag, errors_reported, new_parser
 from dmm_helpers.data import ChecksumError, default_cache_dir, download, sha256_of
@@ -187,6 +187,20 @@ def ship(
         raise FileNotFoundError(f"cannot ship {run}: missing {missing}")
     load_model(sources["model.pt"])  # a CheckpointError, naming it, if unusable
     contents = {file: source.read_bytes() for file, source in sources.items()}
+    # The book reads "the weights of epoch N" off the log: they must agree.
+    best = load_checkpoint(sources["model.pt"])
+    lines = contents["log.jsonl"].decode().splitlines()
+    record = best_record([json.loads(line) for line in lines if line.strip()])
+    if (record.get("epoch"), record["valid_bound"]) != (
+        best.get("epoch"),
+        best.get("valid_bound"),
+    ):
+        raise ValueError(
+            f"cannot ship {run}: best.pt holds epoch {best.get('epoch')} (valid "
+            f"bound {best.get('valid_bound')}) but the log's best record is epoch "
+            f"{record.get('epoch')} ({record['valid_bound']}); a run that changed "
+            "--eval-samples must train until its best evaluation is a new one"
+        )
     models = manifest() if MANIFEST_PATH.exists() else {}
     models[name] = {
         "description": description,

@@ -145,7 +145,12 @@ def test_ship_copies_the_run_and_lists_its_checksums(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copyfile(ROOT / "pretrained" / "jsb_dmm" / "model.pt", run / "best.pt")
-    (run / "log.jsonl").write_text('{"step": 1, "valid_bound": 9.0}\n')
+    best = torch.load(run / "best.pt", weights_only=True)
+    records = [
+        {"epoch": 1, "valid_bound": best["valid_bound"] + 1},
+        {"epoch": best["epoch"], "valid_bound": best["valid_bound"]},
+    ]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run / "command.txt").write_text("python -m dmm_helpers.train --epochs 1\n")
     folder = pretrained.ship(run, "tiny", "a test model", target=tmp_path / "shipped")
     entry = json.loads(manifest_copy.read_text())["tiny"]
@@ -153,6 +158,11 @@ def test_ship_copies_the_run_and_lists_its_checksums(tmp_path, monkeypatch):
     for file, digest in entry["files"].items():
         assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == digest
     assert sorted(p.name for p in folder.iterdir()) == sorted(pretrained.FILES)
+    # best.pt must be the log's best record: "the weights of epoch N" is read off it
+    lucky = [{"epoch": 1, "valid_bound": best["valid_bound"] - 1}, *records]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lucky))
+    with pytest.raises(ValueError, match="log's best record is epoch 1"):
+        pretrained.ship(run, "tiny", "x", target=tmp_path / "shipped")
     with pytest.raises(FileNotFoundError, match="missing"):
         pretrained.ship(tmp_path / "empty", "tiny", "x", target=tmp_path / "shipped")
     with pytest.raises(ValueError, match="letters, digits and underscores"):
