@@ -205,7 +205,7 @@ def test_training_hours_are_the_logged_seconds_over_3600():
     assert [pretrained.training_hours(r) for r in LOG] == [0.1, 0.2, 0.3, 0.4]
 
 
-@pytest.mark.parametrize("name", ["jsb_dmm", "jsb_dmm_iaf"])
+@pytest.mark.parametrize("name", sorted(pretrained.manifest()))
 def test_the_best_record_of_a_shipped_log_is_its_shipped_weights(name):
     state = torch.load(pretrained.pretrained_dir(name) / "model.pt", weights_only=True)
     best = pretrained.best_record(pretrained.training_log(name))
