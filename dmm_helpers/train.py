@@ -41,6 +41,7 @@ atomically, and the folder is locked against a second run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -48,7 +49,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -68,6 +69,7 @@ from dmm_helpers.checkpoint import (
     RunFolderError,
     config_differences,
     load_checkpoint,
+    load_model,
     load_weights,
     non_finite,
     versions,
@@ -789,21 +791,15 @@ class Trainer:
             "elapsed_s": round(self.elapsed, 2),
             "skipped_steps": self.skipped_steps,
         }
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            self._evaluation_seed(self.step)
-            # Without argument validation a diverged model's NaN reaches the
-            # bound, where the check below catches it, instead of raising
-            # inside a distribution.
-            with pyro.validation_enabled(False):
-                for split in ("valid", "test"):
-                    if self.data.get(split):
-                        record[f"{split}_bound"] = evaluate_bound(
-                            self.evaluated_model,
-                            self.data[split],
-                            self.config.eval_batch_size,
-                            self.config.eval_samples,
-                        )
+        with self._evaluation_rng():
+            for split in ("valid", "test"):
+                if self.data.get(split):
+                    record[f"{split}_bound"] = evaluate_bound(
+                        self.evaluated_model,
+                        self.data[split],
+                        self.config.eval_batch_size,
+                        self.config.eval_samples,
+                    )
         diverged = [
             f"{key} {value}"
             for key, value in record.items()
@@ -825,10 +821,17 @@ class Trainer:
             self.save_best(valid)
         return record
 
-    def _evaluation_seed(self, step: int) -> None:
+    @contextlib.contextmanager
+    def _evaluation_rng(self) -> Iterator[None]:
         # Evaluation draws its own samples from a generator seeded by the step,
         # so how often a run is evaluated never changes its training trajectory.
-        torch.manual_seed(self.config.seed * 1_000_003 + step)
+        # Without argument validation a diverged model's NaN reaches the bound,
+        # where validate's check catches it, instead of raising inside a
+        # distribution.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
+            torch.manual_seed(self.config.seed * 1_000_003 + self.step)
+            yield
 
     def _rescore_best(self) -> None:
         """Measure ``best.pt`` on the validation set again, with this run's draws.
@@ -838,11 +841,8 @@ class Trainer:
         compared with the best weights measured as they are.
         """
         best = load_checkpoint(self.folder.best, self.device)
-        model = DMM(DMMConfig.from_dict(best["model_config"])).to(self.device)
-        load_weights(model, best["model"], self.folder.best)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
-            self._evaluation_seed(self.step)
+        model = load_model(self.folder.best, self.device)
+        with self._evaluation_rng():
             valid = evaluate_bound(
                 model,
                 self.data["valid"],
