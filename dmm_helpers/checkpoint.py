@@ -27,10 +27,18 @@ Reading is as careful: a file that is not a checkpoint of this project
 have to run code to load) is a :class:`CheckpointError` that names the file
 and the reason, and so are weights that are not finite and checkpoints of
 another format or model.
+
+A file too large for the repository (over :data:`PART_BYTES`; a model of the
+authors' sizes is about 14 MB) is shipped in parts, ``model.pt.001``,
+``model.pt.002``, ...: :func:`split_into_parts` cuts it, and
+:func:`load_checkpoint` reads ``model.pt`` from its parts when the whole file
+is absent, so every command takes the same path either way.
 """
 
 from __future__ import annotations
 
+import glob
+import io
 import json
 import os
 import pickle
@@ -70,6 +78,10 @@ RUN_POSITION = (
 TRAINING_STATE = frozenset({"train_config", "optimizer", "rng", *RUN_POSITION})
 
 
+# The largest file the repository keeps whole (its house rule is 10 MiB a file).
+PART_BYTES = 8 * 2**20
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: corrupt, truncated, or for another model."""
 
@@ -104,6 +116,47 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
         raise
 
 
+def split_into_parts(name: str, data: bytes) -> dict[str, bytes]:
+    """``{name: data}``, or ``data`` cut into ``name.001``, ``name.002``, ...
+
+    A file over :data:`PART_BYTES` is cut into as few parts of at most that
+    size as hold it; :func:`load_checkpoint` joins them again.
+    """
+    if len(data) <= PART_BYTES:
+        return {name: data}
+    return {
+        f"{name}.{number:03d}": data[start : start + PART_BYTES]
+        for number, start in enumerate(range(0, len(data), PART_BYTES), start=1)
+    }
+
+
+def parts_of(path: str | os.PathLike) -> list[Path]:
+    """The parts ``path.001``, ``path.002``, ... of a file stored in parts, in order.
+
+    Empty when there are none. Raises :class:`CheckpointError` when their
+    numbers do not run 1, 2, ... without a gap (a part is missing).
+    """
+    path = Path(path)
+    found = {}
+    if path.parent.is_dir():
+        for part in path.parent.glob(f"{glob.escape(path.name)}.[0-9][0-9][0-9]"):
+            found[int(part.suffix[1:])] = part
+    missing = sorted(set(range(1, max(found, default=0) + 1)) - set(found))
+    if missing:
+        raise CheckpointError(
+            f"{path} is stored in {max(found)} parts, but part "
+            f"{', '.join(f'{path.name}.{n:03d}' for n in missing)} is missing"
+        )
+    return [found[number] for number in sorted(found)]
+
+
+def _whole(path: Path) -> bytes:
+    """The bytes of ``path``, or of its parts joined when it is stored in parts."""
+    if path.is_file():
+        return path.read_bytes()
+    return b"".join(part.read_bytes() for part in parts_of(path))
+
+
 def _unreadable(path: Path, error: BaseException) -> str:
     """Why ``torch.load(path, weights_only=True)`` failed, in this project's words.
 
@@ -117,14 +170,13 @@ def _unreadable(path: Path, error: BaseException) -> str:
                 f"it holds Python objects that only running code ({code[1]}) could "
                 "rebuild, and a checkpoint is loaded without running any; refused"
             )
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
+    data = _whole(path)
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             if not any(name.endswith("data.pkl") for name in archive.namelist()):
                 return "it is a zip archive, but not one written by torch.save"
         return "its contents are corrupt"
-    with open(path, "rb") as file:
-        start = file.read(4)
-    if start.startswith(b"PK"):
+    if data.startswith(b"PK"):
         return "it is truncated or damaged (an incomplete zip archive)"
     return (
         "it is not a file written by torch.save (random bytes, a plain pickle "
@@ -137,21 +189,31 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Read a checkpoint (``weights_only``: no code is unpickled).
 
-    Raises :class:`CheckpointError`, naming the file and the reason, for a
-    missing, empty, corrupt or truncated file, one of something else, and
-    one of another format.
+    ``path`` may be stored in parts (:func:`split_into_parts`): it is read
+    from them when the whole file is absent. Raises :class:`CheckpointError`,
+    naming the file and the reason, for a missing, empty, corrupt or truncated
+    file, one of something else, one of another format, a missing part, and
+    a file that is there both whole and in parts.
     """
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
-    if not path.is_file():
+    parts = parts_of(path)
+    if path.is_file() and parts:
+        raise CheckpointError(
+            f"{path} is there both whole and in parts ({parts[0].name}, ...): "
+            "one of them is stale; remove it"
+        )
+    if not path.is_file() and not parts:
         raise CheckpointError(f"no checkpoint at {path}")
-    if path.stat().st_size == 0:
+    if sum(source.stat().st_size for source in parts or [path]) == 0:
         raise CheckpointError(f"{path} is not a readable checkpoint: it is empty")
     try:
+        # A file in parts is read from its joined bytes, the same ones.
+        source = io.BytesIO(_whole(path)) if parts else path
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on foreign pickles
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            state = torch.load(source, map_location=map_location, weights_only=True)
     except (PermissionError, IsADirectoryError) as error:
         raise CheckpointError(
             f"{path} could not be read: {error.strerror or error}"

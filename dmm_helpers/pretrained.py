@@ -5,7 +5,11 @@ Chapters 06 and 07 evaluate these models live. Each lives in a folder
 best-on-valid weights and config written by :mod:`dmm_helpers.train`),
 ``log.jsonl`` (its training log) and ``command.txt`` (the command that trained
 it). ``pretrained.json``, inside the package, lists every file with its
-SHA-256, so a file is used only if it is exactly the one that was shipped.
+SHA-256, so a file is used only if it is exactly the one that was shipped. A
+``model.pt`` over :data:`~dmm_helpers.checkpoint.PART_BYTES` (the authors'
+sizes) ships in parts, ``model.pt.001``, ``model.pt.002``, ..., listed one by
+one; every reader of ``pretrained/NAME/model.pt`` joins them
+(:func:`~dmm_helpers.checkpoint.load_checkpoint`).
 
 A training log is a list of records, one per evaluation (see
 :meth:`dmm_helpers.train.Trainer.validate`); :func:`best_record`,
@@ -39,7 +43,11 @@ from typing import Any
 
 import torch
 
-from dmm_helpers.checkpoint import load_checkpoint, load_model
+from dmm_helpers.checkpoint import (
+    load_checkpoint,
+    load_model,
+    split_into_parts,
+)
 from dmm_helpers.checks import atomic_write
 from dmm_helpers.cli import add_debug_flag, errors_reported, new_parser
 from dmm_helpers.data import ChecksumError, default_cache_dir, download, sha256_of
@@ -54,6 +62,20 @@ RAW_URL = (
 MANIFEST_PATH = Path(__file__).with_name("pretrained.json")
 REPOSITORY_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 FILES = ("model.pt", "log.jsonl", "command.txt")
+"""What a shipped model holds; ``model.pt`` may be stored in parts."""
+
+
+def lists_a_model(files: Sequence[str]) -> bool:
+    """Whether a manifest entry's ``files`` are :data:`FILES`, whole or in parts.
+
+    ``model.pt`` may be replaced by ``model.pt.001`` ... ``model.pt.00n``
+    (n >= 2, no gap); the others are whole.
+    """
+    rest = set(files) - {"log.jsonl", "command.txt"}
+    if set(files) - rest != {"log.jsonl", "command.txt"}:
+        return False
+    parts = [f"model.pt.{number:03d}" for number in range(1, len(rest) + 1)]
+    return rest == {"model.pt"} or (len(rest) >= 2 and rest == set(parts))
 
 
 def manifest() -> dict[str, dict[str, Any]]:
@@ -167,13 +189,16 @@ def ship(
 ) -> Path:
     """Copy a run's ``best.pt``, ``log.jsonl`` and ``command.txt`` and list them.
 
-    They go to ``pretrained/name`` (or ``target/name``) as ``model.pt``,
-    ``log.jsonl`` and ``command.txt``, and their SHA-256 to the manifest.
-    ``best.pt`` must load as a model. Every file is written to a temporary
-    file first (:func:`dmm_helpers.checks.atomic_write`), and the files are
-    renamed into place only once all of them are written, the manifest last:
-    a write that fails (a full disk, say) leaves the shipped folder and the
-    manifest as they were.
+    They go to ``pretrained/name`` (or ``target/name``) as ``model.pt``
+    (in parts if it is too large for the repository:
+    :func:`~dmm_helpers.checkpoint.split_into_parts`), ``log.jsonl`` and
+    ``command.txt``, and their SHA-256 to the manifest. ``best.pt`` must
+    load as a model. Every file is written to a temporary file first
+    (:func:`dmm_helpers.checks.atomic_write`), and the files are renamed into
+    place only once all of them are written, the manifest last: a write that
+    fails (a full disk, say) leaves the shipped folder and the manifest as
+    they were. A previous ``model.pt`` in the other form (whole, or in
+    parts) is removed last.
     """
     check_name(name)
     run = Path(run_dir)
@@ -201,20 +226,35 @@ def ship(
             f"{record.get('epoch')} ({record['valid_bound']}); a run that changed "
             "--eval-samples must train until its best evaluation is a new one"
         )
+    stored = {
+        stored_name: data
+        for file in FILES
+        for stored_name, data in split_into_parts(file, contents[file]).items()
+    }
     models = manifest() if MANIFEST_PATH.exists() else {}
     models[name] = {
         "description": description,
-        "files": {file: hashlib.sha256(contents[file]).hexdigest() for file in FILES},
+        "files": {
+            file: hashlib.sha256(data).hexdigest() for file, data in stored.items()
+        },
     }
     manifest_text = json.dumps(models, indent=2, sort_keys=True) + "\n"
     folder = (target or REPOSITORY_DIR) / name
+    # The previous model.pt in the other form, or with more parts than now.
+    stale = [
+        path
+        for path in [folder / "model.pt", *folder.glob("model.pt.[0-9][0-9][0-9]")]
+        if path.name not in stored
+    ]
     # Each atomic_write renames its file when its context exits, in the
     # reverse order of entering: the manifest, entered first, is renamed last.
     with ExitStack() as stack:
         listing = stack.enter_context(atomic_write(MANIFEST_PATH))
-        for file in FILES:
-            stack.enter_context(atomic_write(folder / file)).write(contents[file])
+        for file, data in stored.items():
+            stack.enter_context(atomic_write(folder / file)).write(data)
         listing.write(manifest_text.encode())
+    for path in stale:
+        path.unlink(missing_ok=True)
     return folder
 
 

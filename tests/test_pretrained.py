@@ -14,7 +14,8 @@ import torch
 import yaml
 from faults import NO_SPACE, disk_fills, temporaries
 
-from dmm_helpers import pretrained
+from dmm_helpers import checkpoint, pretrained
+from dmm_helpers.checkpoint import CheckpointError, load_checkpoint, load_model
 from dmm_helpers.checks import WriteError
 from dmm_helpers.data import ChecksumError
 from dmm_helpers.dmm import DMM
@@ -31,12 +32,30 @@ def test_every_shipped_file_matches_the_manifest():
     models = pretrained.manifest()
     assert {"jsb_dmm", "jsb_dmm_iaf"} <= set(models)
     for name, entry in models.items():
-        assert set(entry["files"]) == set(pretrained.FILES), name
+        assert pretrained.lists_a_model(entry["files"]), (name, sorted(entry["files"]))
         for file, expected in entry["files"].items():
             data = (ROOT / "pretrained" / name / file).read_bytes()
             assert hashlib.sha256(data).hexdigest() == expected, (
                 f"{name}/{file} changed since shipping"
             )
+            # the repository keeps no file over 10 MiB: larger models ship in parts
+            assert len(data) <= checkpoint.PART_BYTES < 10 * 2**20, (name, file)
+
+
+def test_a_listing_is_the_three_files_with_the_model_whole_or_in_parts():
+    rest = ["log.jsonl", "command.txt"]
+    assert pretrained.lists_a_model(["model.pt", *rest])
+    assert pretrained.lists_a_model(["model.pt.001", "model.pt.002", *rest])
+    assert pretrained.lists_a_model([f"model.pt.{n:03d}" for n in (1, 2, 3)] + rest)
+    for files in (
+        rest,  # no model
+        ["model.pt", "log.jsonl"],  # no command
+        ["model.pt", "model.pt.001", "model.pt.002", *rest],  # both forms
+        ["model.pt.001", *rest],  # one part is not a split
+        ["model.pt.001", "model.pt.003", *rest],  # a gap
+        ["model.pt", "checkpoint.pt", *rest],  # something else
+    ):
+        assert not pretrained.lists_a_model(files), files
 
 
 @pytest.mark.parametrize("name", ["jsb_dmm", "jsb_dmm_iaf"])
@@ -48,7 +67,7 @@ def test_shipped_models_load_and_their_logs_and_commands_agree(name):
     command = pretrained.training_command(name)
     assert command.startswith("python -m dmm_helpers.train ")
     assert ("--num-iafs 2" in command) == (model.config.num_iafs == 2)
-    state = torch.load(pretrained.pretrained_dir(name) / "model.pt", weights_only=True)
+    state = load_checkpoint(pretrained.pretrained_dir(name) / "model.pt")
     assert state["valid_bound"] == min(
         record["valid_bound"] for record in log if record["epoch"] <= state["epoch"]
     )
@@ -169,6 +188,95 @@ def test_ship_copies_the_run_and_lists_its_checksums(tmp_path, monkeypatch):
         pretrained.ship(run, "../evil", "x", target=tmp_path / "shipped")
 
 
+def _shippable_run(tmp_path: Path) -> Path:
+    """A run folder holding the shipped jsb_dmm as its best.pt, log and command."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(ROOT / "pretrained" / "jsb_dmm" / "model.pt", run / "best.pt")
+    best = torch.load(run / "best.pt", weights_only=True)
+    record = {"epoch": best["epoch"], "valid_bound": best["valid_bound"]}
+    (run / "log.jsonl").write_text(json.dumps(record) + "\n")
+    (run / "command.txt").write_text("python -m dmm_helpers.train --epochs 1\n")
+    return run
+
+
+def test_a_large_model_ships_in_parts_that_load_as_the_whole(tmp_path, monkeypatch):
+    manifest_copy = tmp_path / "pretrained.json"
+    shutil.copyfile(pretrained.MANIFEST_PATH, manifest_copy)
+    monkeypatch.setattr(pretrained, "MANIFEST_PATH", manifest_copy)
+    run = _shippable_run(tmp_path)
+    whole = (run / "best.pt").read_bytes()
+    monkeypatch.setattr(checkpoint, "PART_BYTES", len(whole) // 3 + 1)
+    folder = pretrained.ship(run, "big", "in parts", target=tmp_path / "shipped")
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["command.txt", "log.jsonl", *(f"model.pt.00{n}" for n in "123")]
+    assert b"".join((folder / f"model.pt.00{n}").read_bytes() for n in "123") == whole
+    files = json.loads(manifest_copy.read_text())["big"]["files"]
+    assert pretrained.lists_a_model(files) and set(files) == set(names)
+    # every reader of model.pt gets the whole file's model
+    parted, original = load_model(folder / "model.pt"), load_model(run / "best.pt")
+    for (name, ours), theirs in zip(
+        parted.state_dict().items(), original.state_dict().values(), strict=True
+    ):
+        assert torch.equal(ours, theirs), name
+    # re-shipped small enough to be whole: the parts go, and the other way round
+    monkeypatch.setattr(checkpoint, "PART_BYTES", len(whole))
+    pretrained.ship(run, "big", "whole", target=tmp_path / "shipped")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(pretrained.FILES)
+    monkeypatch.setattr(checkpoint, "PART_BYTES", len(whole) // 2 + 1)
+    pretrained.ship(run, "big", "in two", target=tmp_path / "shipped")
+    assert not (folder / "model.pt").exists()
+    assert sorted(p.name for p in folder.glob("model.pt.*")) == [
+        "model.pt.001",
+        "model.pt.002",
+    ]
+    assert load_checkpoint(folder / "model.pt")["epoch"] == original_epoch(run)
+
+
+def original_epoch(run: Path) -> int:
+    return torch.load(run / "best.pt", weights_only=True)["epoch"]
+
+
+def test_a_model_in_parts_with_a_part_missing_stale_or_cut_is_refused(tmp_path):
+    run = _shippable_run(tmp_path)
+    whole = (run / "best.pt").read_bytes()
+    third = len(whole) // 3 + 1
+    folder = tmp_path / "parted"
+    folder.mkdir()
+    for n, start in enumerate(range(0, len(whole), third), start=1):
+        (folder / f"model.pt.{n:03d}").write_bytes(whole[start : start + third])
+    assert load_checkpoint(folder / "model.pt")["epoch"] == original_epoch(run)
+    (folder / "model.pt.002").rename(tmp_path / "away")
+    with pytest.raises(CheckpointError, match=r"3 parts, but part model\.pt\.002 is"):
+        load_checkpoint(folder / "model.pt")
+    (tmp_path / "away").rename(folder / "model.pt.002")
+    (folder / "model.pt").write_bytes(whole)
+    with pytest.raises(CheckpointError, match="both whole and in parts"):
+        load_checkpoint(folder / "model.pt")
+    (folder / "model.pt").unlink()
+    (folder / "model.pt.003").write_bytes(whole[2 * third : -100])
+    with pytest.raises(CheckpointError, match=r"model\.pt is not a readable"):
+        load_checkpoint(folder / "model.pt")
+
+
+def test_without_a_clone_a_model_in_parts_is_downloaded_and_joined(
+    server, tmp_path, monkeypatch
+):
+    served, url = server
+    manifest_copy = tmp_path / "pretrained.json"
+    shutil.copyfile(pretrained.MANIFEST_PATH, manifest_copy)
+    monkeypatch.setattr(pretrained, "MANIFEST_PATH", manifest_copy)
+    run = _shippable_run(tmp_path)
+    monkeypatch.setattr(checkpoint, "PART_BYTES", 1_000_000)
+    pretrained.ship(run, "big", "in parts", target=served)
+    _away_from_the_repository(monkeypatch, tmp_path, url)
+    model = pretrained.load_pretrained("big")
+    folder = tmp_path / "cache" / "pretrained" / "big"
+    assert len(list(folder.glob("model.pt.*"))) == 3
+    assert not (folder / "model.pt").exists()
+    assert torch.equal(model.z_0, load_model(run / "best.pt").z_0)
+
+
 # ----------------------------------------------------------------------------
 # Queries on training logs
 # ----------------------------------------------------------------------------
@@ -207,7 +315,7 @@ def test_training_hours_are_the_logged_seconds_over_3600():
 
 @pytest.mark.parametrize("name", sorted(pretrained.manifest()))
 def test_the_best_record_of_a_shipped_log_is_its_shipped_weights(name):
-    state = torch.load(pretrained.pretrained_dir(name) / "model.pt", weights_only=True)
+    state = load_checkpoint(pretrained.pretrained_dir(name) / "model.pt")
     best = pretrained.best_record(pretrained.training_log(name))
     assert (best["epoch"], best["valid_bound"]) == (
         state["epoch"],
