@@ -130,6 +130,15 @@ def split_into_parts(name: str, data: bytes) -> dict[str, bytes]:
     }
 
 
+def numbered_parts(path: str | os.PathLike) -> dict[int, Path]:
+    """Every ``path.NNN`` beside ``path``, by its number, gaps and all."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return {}
+    pattern = f"{glob.escape(path.name)}.[0-9][0-9][0-9]"
+    return {int(part.suffix[1:]): part for part in path.parent.glob(pattern)}
+
+
 def parts_of(path: str | os.PathLike) -> list[Path]:
     """The parts ``path.001``, ``path.002``, ... of a file stored in parts, in order.
 
@@ -137,10 +146,7 @@ def parts_of(path: str | os.PathLike) -> list[Path]:
     numbers do not run 1, 2, ... without a gap (a part is missing).
     """
     path = Path(path)
-    found = {}
-    if path.parent.is_dir():
-        for part in path.parent.glob(f"{glob.escape(path.name)}.[0-9][0-9][0-9]"):
-            found[int(part.suffix[1:])] = part
+    found = numbered_parts(path)
     missing = sorted(set(range(1, max(found, default=0) + 1)) - set(found))
     if missing:
         raise CheckpointError(
@@ -210,7 +216,9 @@ def load_checkpoint(
         raise CheckpointError(f"{path} is not a readable checkpoint: it is empty")
     try:
         # A file in parts is read from its joined bytes, the same ones.
-        source = io.BytesIO(_whole(path)) if parts else path
+        source = (
+            io.BytesIO(b"".join(part.read_bytes() for part in parts)) if parts else path
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on foreign pickles
             state = torch.load(source, map_location=map_location, weights_only=True)

@@ -46,6 +46,7 @@ import torch
 from dmm_helpers.checkpoint import (
     load_checkpoint,
     load_model,
+    numbered_parts,
     split_into_parts,
 )
 from dmm_helpers.checks import atomic_write
@@ -241,9 +242,10 @@ def ship(
     manifest_text = json.dumps(models, indent=2, sort_keys=True) + "\n"
     folder = (target or REPOSITORY_DIR) / name
     # The previous model.pt in the other form, or with more parts than now.
+    model = folder / "model.pt"
     stale = [
         path
-        for path in [folder / "model.pt", *folder.glob("model.pt.[0-9][0-9][0-9]")]
+        for path in [model, *numbered_parts(model).values()]
         if path.name not in stored
     ]
     # Each atomic_write renames its file when its context exits, in the

@@ -161,10 +161,16 @@ def test_a_disk_full_during_a_download_leaves_no_partial_file(
     assert pretrained.pretrained_dir("jsb_dmm") == cached  # with room, it completes
 
 
-def test_ship_copies_the_run_and_lists_its_checksums(tmp_path, monkeypatch):
-    manifest_copy = tmp_path / "pretrained.json"
-    shutil.copyfile(pretrained.MANIFEST_PATH, manifest_copy)
-    monkeypatch.setattr(pretrained, "MANIFEST_PATH", manifest_copy)
+@pytest.fixture
+def manifest_copy(tmp_path, monkeypatch) -> Path:
+    """A copy of the manifest that ``ship`` writes to in this test."""
+    listing = tmp_path / "pretrained.json"
+    shutil.copyfile(pretrained.MANIFEST_PATH, listing)
+    monkeypatch.setattr(pretrained, "MANIFEST_PATH", listing)
+    return listing
+
+
+def test_ship_copies_the_run_and_lists_its_checksums(tmp_path, manifest_copy):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copyfile(ROOT / "pretrained" / "jsb_dmm" / "model.pt", run / "best.pt")
@@ -204,10 +210,9 @@ def _shippable_run(tmp_path: Path) -> Path:
     return run
 
 
-def test_a_large_model_ships_in_parts_that_load_as_the_whole(tmp_path, monkeypatch):
-    manifest_copy = tmp_path / "pretrained.json"
-    shutil.copyfile(pretrained.MANIFEST_PATH, manifest_copy)
-    monkeypatch.setattr(pretrained, "MANIFEST_PATH", manifest_copy)
+def test_a_large_model_ships_in_parts_that_load_as_the_whole(
+    tmp_path, monkeypatch, manifest_copy
+):
     run = _shippable_run(tmp_path)
     whole = (run / "best.pt").read_bytes()
     monkeypatch.setattr(checkpoint, "PART_BYTES", len(whole) // 3 + 1)
@@ -234,11 +239,8 @@ def test_a_large_model_ships_in_parts_that_load_as_the_whole(tmp_path, monkeypat
         "model.pt.001",
         "model.pt.002",
     ]
-    assert load_checkpoint(folder / "model.pt")["epoch"] == original_epoch(run)
-
-
-def original_epoch(run: Path) -> int:
-    return torch.load(run / "best.pt", weights_only=True)["epoch"]
+    shipped_epoch = load_checkpoint(run / "best.pt")["epoch"]
+    assert load_checkpoint(folder / "model.pt")["epoch"] == shipped_epoch
 
 
 def test_a_model_in_parts_with_a_part_missing_stale_or_cut_is_refused(tmp_path):
@@ -249,7 +251,8 @@ def test_a_model_in_parts_with_a_part_missing_stale_or_cut_is_refused(tmp_path):
     folder.mkdir()
     for n, start in enumerate(range(0, len(whole), third), start=1):
         (folder / f"model.pt.{n:03d}").write_bytes(whole[start : start + third])
-    assert load_checkpoint(folder / "model.pt")["epoch"] == original_epoch(run)
+    shipped_epoch = load_checkpoint(run / "best.pt")["epoch"]
+    assert load_checkpoint(folder / "model.pt")["epoch"] == shipped_epoch
     (folder / "model.pt.002").rename(tmp_path / "away")
     with pytest.raises(CheckpointError, match=r"3 parts, but part model\.pt\.002 is"):
         load_checkpoint(folder / "model.pt")
@@ -264,12 +267,9 @@ def test_a_model_in_parts_with_a_part_missing_stale_or_cut_is_refused(tmp_path):
 
 
 def test_without_a_clone_a_model_in_parts_is_downloaded_and_joined(
-    server, tmp_path, monkeypatch
+    server, tmp_path, monkeypatch, manifest_copy
 ):
     served, url = server
-    manifest_copy = tmp_path / "pretrained.json"
-    shutil.copyfile(pretrained.MANIFEST_PATH, manifest_copy)
-    monkeypatch.setattr(pretrained, "MANIFEST_PATH", manifest_copy)
     run = _shippable_run(tmp_path)
     monkeypatch.setattr(checkpoint, "PART_BYTES", 1_000_000)
     pretrained.ship(run, "big", "in parts", target=served)
