@@ -32,7 +32,7 @@ def test_the_repository_url_is_the_books():
 
 def test_every_shipped_file_matches_the_manifest():
     models = pretrained.manifest()
-    assert {"jsb_dmm", "jsb_dmm_iaf"} <= set(models)
+    assert {"jsb_dmm", "jsb_dmm_iaf", "jsb_dmm_pyro"} <= set(models)
     for name, entry in models.items():
         assert pretrained.lists_a_model(entry["files"]), (name, sorted(entry["files"]))
         for file, expected in entry["files"].items():
@@ -85,15 +85,15 @@ def test_an_unknown_name_lists_the_available_models():
 
 
 def test_a_tampered_file_is_refused(tmp_path, monkeypatch):
-    shutil.copytree(ROOT / "pretrained" / "jsb_dmm", tmp_path / "jsb_dmm")
-    with open(tmp_path / "jsb_dmm" / "log.jsonl", "a") as handle:
+    shutil.copytree(ROOT / "pretrained" / "jsb_dmm_pyro", tmp_path / "jsb_dmm_pyro")
+    with open(tmp_path / "jsb_dmm_pyro" / "log.jsonl", "a") as handle:
         handle.write("\n")
     monkeypatch.setenv("DMM_PRETRAINED_DIR", str(tmp_path))
     with pytest.raises(
         ChecksumError,
         match=r"log\.jsonl has SHA-256 [0-9a-f]{64}, but the shipped file has",
     ):
-        pretrained.pretrained_dir("jsb_dmm")
+        pretrained.pretrained_dir("jsb_dmm_pyro")
 
 
 class _Files(http.server.SimpleHTTPRequestHandler):
@@ -126,21 +126,23 @@ def test_without_a_clone_the_files_are_downloaded_and_verified(
 ):
     _, url = server
     _away_from_the_repository(monkeypatch, tmp_path, url)
-    folder = pretrained.pretrained_dir("jsb_dmm")
-    assert folder == tmp_path / "cache" / "pretrained" / "jsb_dmm"
+    folder = pretrained.pretrained_dir("jsb_dmm_pyro")
+    assert folder == tmp_path / "cache" / "pretrained" / "jsb_dmm_pyro"
     assert sorted(p.name for p in folder.iterdir()) == sorted(pretrained.FILES)
-    assert pretrained.load_pretrained("jsb_dmm").config.num_iafs == 0
+    assert pretrained.load_pretrained("jsb_dmm_pyro").config.num_iafs == 0
 
 
 def test_a_corrupt_download_leaves_nothing_behind(server, tmp_path, monkeypatch):
     served, url = server
-    (served / "jsb_dmm" / "model.pt").write_bytes(b"not a model")
+    (served / "jsb_dmm_pyro" / "model.pt").write_bytes(b"not a model")
     _away_from_the_repository(monkeypatch, tmp_path, url)
     with pytest.raises(ChecksumError):
-        pretrained.pretrained_dir("jsb_dmm")
-    assert not (tmp_path / "cache" / "pretrained" / "jsb_dmm" / "model.pt").exists()
+        pretrained.pretrained_dir("jsb_dmm_pyro")
+    assert not (
+        tmp_path / "cache" / "pretrained" / "jsb_dmm_pyro" / "model.pt"
+    ).exists()
     leftovers = [
-        p.name for p in (tmp_path / "cache" / "pretrained" / "jsb_dmm").iterdir()
+        p.name for p in (tmp_path / "cache" / "pretrained" / "jsb_dmm_pyro").iterdir()
     ]
     assert all(name in pretrained.FILES for name in leftovers), leftovers
 
@@ -150,15 +152,17 @@ def test_a_disk_full_during_a_download_leaves_no_partial_file(
 ):
     _, url = server
     _away_from_the_repository(monkeypatch, tmp_path, url)
-    cached = tmp_path / "cache" / "pretrained" / "jsb_dmm"
+    cached = tmp_path / "cache" / "pretrained" / "jsb_dmm_pyro"
     with disk_fills("model.pt", room=10_000):
         with pytest.raises(WriteError) as full:
-            pretrained.pretrained_dir("jsb_dmm")
+            pretrained.pretrained_dir("jsb_dmm_pyro")
     assert str(full.value.strerror) == (
         f"could not write {cached / 'model.pt'}: {NO_SPACE}; no model.pt was written"
     )
     assert not (cached / "model.pt").exists() and not temporaries(cached)
-    assert pretrained.pretrained_dir("jsb_dmm") == cached  # with room, it completes
+    assert (
+        pretrained.pretrained_dir("jsb_dmm_pyro") == cached
+    )  # with room, it completes
 
 
 @pytest.fixture
@@ -173,7 +177,7 @@ def manifest_copy(tmp_path, monkeypatch) -> Path:
 def test_ship_copies_the_run_and_lists_its_checksums(tmp_path, manifest_copy):
     run = tmp_path / "run"
     run.mkdir()
-    shutil.copyfile(ROOT / "pretrained" / "jsb_dmm" / "model.pt", run / "best.pt")
+    shutil.copyfile(ROOT / "pretrained" / "jsb_dmm_pyro" / "model.pt", run / "best.pt")
     best = torch.load(run / "best.pt", weights_only=True)
     records = [
         {"epoch": 1, "valid_bound": best["valid_bound"] + 1},
@@ -199,10 +203,10 @@ def test_ship_copies_the_run_and_lists_its_checksums(tmp_path, manifest_copy):
 
 
 def _shippable_run(tmp_path: Path) -> Path:
-    """A run folder holding the shipped jsb_dmm as its best.pt, log and command."""
+    """A run folder holding the shipped jsb_dmm_pyro as its best.pt, log and command."""
     run = tmp_path / "run"
     run.mkdir()
-    shutil.copyfile(ROOT / "pretrained" / "jsb_dmm" / "model.pt", run / "best.pt")
+    shutil.copyfile(ROOT / "pretrained" / "jsb_dmm_pyro" / "model.pt", run / "best.pt")
     best = torch.load(run / "best.pt", weights_only=True)
     record = {"epoch": best["epoch"], "valid_bound": best["valid_bound"]}
     (run / "log.jsonl").write_text(json.dumps(record) + "\n")
